@@ -1,0 +1,152 @@
+"""The process executor: tasks in long-lived worker processes.
+
+Each worker process runs one task at a time. Specs travel pickled with
+cloudpickle, so jobs, helpers and classes defined in ``__main__`` (a script
+or a notebook) are shipped by value. Cancelling a task, or a task timing out,
+kills its worker process, and a fresh one takes its place. Workers are daemon
+processes, so none outlives the interpreter that started them.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import multiprocessing
+import os
+import queue
+import sys
+import threading
+from multiprocessing.connection import Connection
+from typing import Any
+
+import cloudpickle
+
+from ..errors import RunError
+from ..worker import TaskSpec, execute_remote
+from .base import Executor
+
+__all__ = ["ProcessExecutor"]
+
+logger = logging.getLogger(__name__)
+
+
+def _worker_main(conn: Connection) -> None:
+    """Loop of a worker process: receive a pickled spec, send the outcome."""
+    while True:
+        try:
+            payload = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        spec = cloudpickle.loads(payload)
+        outcome = execute_remote(spec)
+        try:
+            data = cloudpickle.dumps(outcome)
+        except Exception as exc:  # noqa: BLE001 - the value cannot be pickled
+            outcome.value = None
+            outcome.ok = False
+            outcome.error = RunError(
+                f"the output of task {spec.key} cannot be sent back to the "
+                f"scheduler: {exc}"
+            )
+            data = cloudpickle.dumps(outcome)
+        conn.send_bytes(data)
+
+
+class _Worker:
+    def __init__(self, context: Any) -> None:
+        parent, child = context.Pipe()
+        self.conn = parent
+        self.process = context.Process(target=_worker_main, args=(child,), daemon=True)
+        self.process.start()
+        child.close()
+        self.future: concurrent.futures.Future[Any] | None = None
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(timeout=5)
+        self.conn.close()
+
+
+class ProcessExecutor(Executor):
+    """Runs tasks in up to ``max_workers`` worker processes."""
+
+    name = "processes"
+    in_process = False
+
+    def __init__(self, max_workers: int | None = None, start_method: str | None = None) -> None:
+        self.capacity = max_workers or os.cpu_count() or 1
+        if start_method is None:
+            start_method = "forkserver" if sys.platform.startswith("linux") else "spawn"
+        self._context = multiprocessing.get_context(start_method)
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._workers: list[_Worker] = []
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+
+    def submit(self, spec: TaskSpec, resources: dict[str, Any]) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        payload = cloudpickle.dumps(spec)
+        with self._lock:
+            if len(self._threads) < self.capacity:
+                thread = threading.Thread(target=self._drive, daemon=True, name="pipedsl-proc")
+                self._threads.append(thread)
+                thread.start()
+        self._queue.put((future, payload))
+        return future
+
+    def _drive(self) -> None:
+        """Feed one worker process at a time from the queue, replacing dead ones."""
+        worker: _Worker | None = None
+        while True:
+            item = self._queue.get()
+            if item is None:
+                break
+            future, payload = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            if worker is None or not worker.process.is_alive():
+                worker = _Worker(self._context)
+                with self._lock:
+                    self._workers.append(worker)
+            worker.future = future
+            try:
+                worker.conn.send_bytes(payload)
+                data = worker.conn.recv_bytes()
+                outcome = cloudpickle.loads(data)
+            except (EOFError, OSError, ConnectionError) as exc:
+                code = worker.process.exitcode
+                worker.kill()
+                with self._lock:
+                    if worker in self._workers:
+                        self._workers.remove(worker)
+                worker = None
+                if not future.done():
+                    future.set_exception(
+                        RunError(f"worker process ended (exit code {code}) while running a task: {exc}")
+                    )
+                continue
+            worker.future = None
+            if not future.done():
+                future.set_result(outcome)
+        if worker is not None:
+            worker.kill()
+
+    def cancel(self, future: concurrent.futures.Future[Any]) -> None:
+        if future.cancel():
+            return
+        with self._lock:
+            running = [w for w in self._workers if w.future is future]
+        for worker in running:
+            logger.debug("killing worker process %s", worker.process.pid)
+            worker.kill()
+
+    def shutdown(self) -> None:
+        self._closed = True
+        for _ in self._threads:
+            self._queue.put(None)
+        with self._lock:
+            workers = list(self._workers)
+        for worker in workers:
+            worker.kill()

@@ -1,0 +1,570 @@
+"""The scheduler: walks a graph, reuses cached tasks, submits ready ones.
+
+State per task is one :class:`TaskStatus`; the loop below runs on one thread
+and is the only writer of that state. It works like this:
+
+1. *Plan.* One listing of ``tasks/<job>/`` per job in the store decides which
+   keys are cached (the keys are Merkle hashes known before the run).
+2. *Ready queue.* A task whose dependencies are all finished is ready. A cached
+   ready task is finished on the spot, on the scheduler thread, without loading
+   its value. Any other ready task becomes a :class:`TaskSpec` and goes to the
+   executor, whose executor future posts the outcome to an event queue.
+3. *Events.* Outcomes, timeouts, kill requests and the periodic record flush
+   drive the loop; nothing polls with sleep.
+
+Values stay in memory for in-process executors and are released once every
+dependent has started. A dependent of a cached task receives a :class:`Ref`
+and loads the value where it runs. If that payload turns out to be missing
+or corrupt, the cached task runs again and its dependents wait for it.
+
+Failures: with ``on_failure="stop"`` nothing new starts after a failure,
+running tasks finish, dependents of the failed task are ``skipped`` and the
+others ``cancelled``. With ``"continue"``, every branch that does not depend
+on a failure runs.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import heapq
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+import warnings
+from typing import Any
+
+from .errors import RunCancelled, TaskTimeout, add_note
+from .executors.base import Executor
+from .graph import Future, Graph, TaskStatus, iter_futures
+from .records import RunRecord, TaskRecord
+from .store import ArtifactStore
+from .worker import NO_VALUE, Outcome, Ref, TaskSpec
+
+__all__ = ["Scheduler"]
+
+logger = logging.getLogger("pipedsl.run")
+
+# Outputs at most this large travel back from out-of-process executors in the
+# outcome; larger ones stay in the store and are loaded where they are needed.
+INLINE_LIMIT = 1 << 20
+
+
+class _Inflight:
+    """Tasks being computed in this process, so concurrent runs share them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._futures: dict[tuple[str, str], concurrent.futures.Future[Any]] = {}
+
+    def claim(self, store: str, key: str) -> concurrent.futures.Future[Any] | None:
+        """Return None if the caller now owns ``key``, else the owner's future."""
+        with self._lock:
+            existing = self._futures.get((store, key))
+            if existing is not None:
+                return existing
+            self._futures[(store, key)] = concurrent.futures.Future()
+            return None
+
+    def release(self, store: str, key: str, outcome: Outcome | None) -> None:
+        with self._lock:
+            future = self._futures.pop((store, key), None)
+        if future is not None:
+            future.set_result(outcome)
+
+
+INFLIGHT = _Inflight()
+
+
+class Scheduler:
+    """Runs one graph to completion; see the module docstring."""
+
+    def __init__(
+        self,
+        graph: Graph,
+        store: ArtifactStore,
+        executor: Executor,
+        *,
+        run_id: str,
+        refresh: bool = False,
+        on_failure: str = "stop",
+        progress: bool | None = None,
+        record_interval: float = 2.0,
+        params: dict[str, str] | None = None,
+        max_workers: int | None = None,
+    ) -> None:
+        self.graph = graph
+        self.store = store
+        self.executor = executor
+        self.run_id = run_id
+        self.refresh = refresh
+        self.on_failure = on_failure
+        self.record_interval = record_interval
+        self.capacity = max_workers or executor.capacity or 0
+
+        tasks = graph.tasks
+        self.status: dict[str, TaskStatus] = dict.fromkeys(tasks, TaskStatus.PENDING)
+        self.dependents = graph.dependents()
+        self.deps_left = {key: len(set(graph.dependencies(key))) for key in tasks}
+        self.uses_left = {key: len(self.dependents[key]) for key in tasks}
+        self.output_keys = {f._task.key for f in iter_futures(graph.outputs)}
+        self.values: dict[str, Any] = {}
+        self.manifests: dict[str, dict[str, Any]] = {}
+        self.errors: dict[str, BaseException] = {}
+        self.failure_order: list[str] = []
+        self.hits: set[str] = set()
+        self.running: dict[str, concurrent.futures.Future[Any]] = {}
+        self.shared: set[str] = set()
+        self.deadlines: list[tuple[float, str]] = []
+        self.rerun_waiters: dict[str, list[str]] = collections.defaultdict(list)
+        self.events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self.ready: collections.deque[str] = collections.deque()
+        self.stopping = False
+        self.killed = False
+        self.finished = threading.Event()
+
+        self.record = RunRecord(
+            run_id=run_id,
+            workflow=graph.name,
+            started=time.time(),
+            executor=executor.name,
+            store=store.url,
+            params=params or {},
+            host=socket.gethostname(),
+            pid=os.getpid(),
+        )
+        self.task_records: dict[str, TaskRecord] = {}
+        for key, task in tasks.items():
+            info = task.info
+            assert info is not None
+            self.task_records[key] = TaskRecord(
+                key=key,
+                job=task.job.name,
+                code_version=info.code.digest,
+                code_parts=info.code.parts,
+                inputs=info.inputs,
+                upstream=info.upstream,
+                dependencies=graph.dependencies(key),
+                scope=list(task.scope),
+                not_cached_because=info.reason,
+            )
+        self.record.tasks = list(self.task_records.values())
+        self._progress = _make_progress(progress, len(tasks), graph.name)
+        self._last_flush = 0.0
+
+    # -- public ----------------------------------------------------------------------
+
+    def kill(self) -> None:
+        """Ask the loop to cancel queued tasks and stop running ones."""
+        self.events.put(("kill",))
+
+    def run(self) -> None:
+        """Run the graph; fills statuses, values and the run record."""
+        try:
+            self._plan()
+            self._flush(force=True)
+            self._loop()
+        except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised by Run
+            self.record.error = f"{type(exc).__name__}: {exc}"
+            self.errors.setdefault("__run__", exc)
+            self.failure_order.append("__run__")
+            for key, future in list(self.running.items()):
+                self.executor.cancel(future)
+                self._set(key, TaskStatus.CANCELLED)
+        finally:
+            self._close()
+
+    # -- planning --------------------------------------------------------------------
+
+    def _plan(self) -> None:
+        for task in self.graph:
+            self.executor.check_resources(task.job.name, task.job.resources)
+        if not self.refresh:
+            by_job: dict[str, list[str]] = collections.defaultdict(list)
+            for key, task in self.graph.tasks.items():
+                if task.info is not None and task.info.cacheable:
+                    by_job[task.job.name].append(key)
+            for job, keys in by_job.items():
+                stored = self.store.cached_keys(job)
+                self.hits.update(k for k in keys if k.rpartition("-")[2] in stored)
+        for key in self.graph.tasks:
+            if self.deps_left[key] == 0:
+                self.ready.append(key)
+
+    # -- the loop --------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            while self.ready and not self.stopping:
+                if self.capacity and len(self.running) >= self.capacity:
+                    break
+                key = self.ready.popleft()
+                if self.status[key] is TaskStatus.PENDING:
+                    self._start(key)
+            if not self.running and not self.shared and (self.stopping or not self.ready):
+                if self.stopping or not self._load_outputs():
+                    break
+                continue
+            self._wait_event()
+
+    def _wait_event(self) -> None:
+        now = time.time()
+        timeout = max(0.0, self._last_flush + self.record_interval - now)
+        if self.deadlines:
+            timeout = min(timeout, max(0.0, self.deadlines[0][0] - now))
+        try:
+            event = self.events.get(timeout=timeout)
+        except queue.Empty:
+            event = None
+        if event is not None:
+            self._handle(event)
+            # Drain what else arrived, without blocking.
+            while True:
+                try:
+                    self._handle(self.events.get_nowait())
+                except queue.Empty:
+                    break
+        self._check_deadlines()
+        if time.time() - self._last_flush >= self.record_interval:
+            if self.store.kill_requested(self.run_id):
+                self._handle(("kill",))
+            self._flush()
+
+    def _handle(self, event: tuple[Any, ...]) -> None:
+        kind = event[0]
+        if kind == "done":
+            _, key, future = event
+            if self.running.get(key) is not future:
+                return  # abandoned after a timeout or a kill
+            del self.running[key]
+            try:
+                outcome = future.result()
+            except BaseException as exc:  # noqa: BLE001 - the executor failed
+                outcome = Outcome(key, ok=False, error=exc, ended=time.time())
+            self._complete(key, outcome)
+        elif kind == "shared":
+            _, key, future = event
+            if self.status[key] is not TaskStatus.RUNNING or key not in self.shared:
+                return
+            self.shared.discard(key)
+            outcome = future.result()
+            if outcome is not None and outcome.ok:
+                self.values[key] = outcome.value
+                self.manifests[key] = outcome.manifest
+                self._set(key, TaskStatus.CACHED)
+                self._finish(key)
+            else:
+                self.status[key] = TaskStatus.PENDING
+                self._start(key)
+        elif kind == "kill":
+            self._kill()
+
+    # -- starting tasks ----------------------------------------------------------------
+
+    def _start(self, key: str) -> None:
+        task = self.graph.tasks[key]
+        if key in self.hits:
+            self._set(key, TaskStatus.CACHED)
+            self._finish(key)
+            return
+
+        cacheable = task.info is not None and task.info.cacheable
+        if cacheable:
+            owner = INFLIGHT.claim(self.store.url, key)
+            if owner is not None:
+                # Another run in this process computes the same key: wait for it.
+                self.shared.add(key)
+                self._set(key, TaskStatus.RUNNING)
+                owner.add_done_callback(lambda f, k=key: self.events.put(("shared", k, f)))
+                return
+
+        has_refs = False
+
+        def resolve(future: Future[Any]) -> Any:
+            nonlocal has_refs
+            upstream = future._task.key
+            assert upstream is not None
+            if upstream in self.values:
+                value = self.values[upstream]
+                from .graph import apply_path
+
+                return apply_path(value, future._path)
+            has_refs = True
+            return Ref(future._task.job.name, upstream, future._path)
+
+        from .graph import substitute
+
+        args = tuple(substitute(a, resolve) for a in task.args)
+        kwargs = {k: substitute(v, resolve) for k, v in task.kwargs.items()}
+        info = task.info
+        assert info is not None
+        spec = TaskSpec(
+            key=key,
+            job=task.job,
+            args=args,
+            kwargs=kwargs,
+            store=self.store,
+            meta={
+                "run_id": self.run_id,
+                "code_version": info.code.digest,
+                "code_parts": info.code.parts,
+                "inputs": info.inputs,
+                "upstream": info.upstream,
+            },
+            save=cacheable or not self.executor.in_process,
+            inline_limit=None if self.executor.in_process else INLINE_LIMIT,
+            has_refs=has_refs,
+        )
+        self._release_inputs(key)
+        self._set(key, TaskStatus.RUNNING)
+        try:
+            future = self.executor.submit(spec, task.job.resources)
+        except BaseException as exc:  # noqa: BLE001 - e.g. the spec cannot be pickled
+            self._complete(key, Outcome(key, ok=False, error=exc, ended=time.time()))
+            return
+        self.running[key] = future
+        if task.job.timeout is not None:
+            heapq.heappush(self.deadlines, (time.time() + task.job.timeout, key))
+        future.add_done_callback(lambda f, k=key: self.events.put(("done", k, f)))
+
+    def _release_inputs(self, key: str) -> None:
+        for dep in set(self.graph.dependencies(key)):
+            self.uses_left[dep] -= 1
+            if self.uses_left[dep] <= 0 and dep not in self.output_keys:
+                self.values.pop(dep, None)
+
+    # -- finishing tasks ---------------------------------------------------------------
+
+    def _complete(self, key: str, outcome: Outcome) -> None:
+        record = self.task_records[key]
+        record.attempts = outcome.attempts
+        if outcome.started:
+            record.started = outcome.started
+        record.ended = outcome.ended or time.time()
+        task = self.graph.tasks[key]
+
+        if outcome.missing is not None and outcome.missing in self.graph.tasks:
+            self._rerun_missing(outcome.missing, key, outcome.error)
+            return
+
+        if outcome.ok:
+            INFLIGHT.release(self.store.url, key, outcome)
+            if outcome.value is not NO_VALUE:
+                self.values[key] = outcome.value
+            if outcome.manifest is not None:
+                self.manifests[key] = outcome.manifest
+                record.size = outcome.manifest.get("size")
+            self._set(key, TaskStatus.DONE)
+            self._finish(key)
+            return
+
+        INFLIGHT.release(self.store.url, key, None)
+        error = outcome.error or RuntimeError(f"task {key} failed without an exception")
+        add_note(error, f"pipedsl: job {task.job.name!r} failed in task {key} (run {self.run_id})")
+        record.error = f"{type(error).__name__}: {error}"
+        record.traceback = outcome.traceback_text or None
+        self._fail(key, error)
+
+    def _fail(self, key: str, error: BaseException) -> None:
+        self.errors[key] = error
+        self.failure_order.append(key)
+        self._set(key, TaskStatus.FAILED)
+        self._skip_dependents(key)
+        if self.on_failure == "stop":
+            self.stopping = True
+
+    def _skip_dependents(self, key: str) -> None:
+        stack = list(self.dependents[key])
+        while stack:
+            dependent = stack.pop()
+            if self.status[dependent] is TaskStatus.PENDING:
+                self._set(dependent, TaskStatus.SKIPPED)
+                stack.extend(self.dependents[dependent])
+
+    def _rerun_missing(self, missing: str, waiter: str, error: BaseException | None) -> None:
+        warnings.warn(
+            f"pipedsl: cached output of {missing} is unusable ({error}); running it again",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        self.hits.discard(missing)
+        self.store.delete_entry(self.graph.tasks[missing].job.name, missing)
+        self.status[waiter] = TaskStatus.PENDING
+        self.rerun_waiters[missing].append(waiter)
+        if self.status[missing] is not TaskStatus.RUNNING:
+            self.status[missing] = TaskStatus.PENDING
+            self._start(missing)
+
+    def _finish(self, key: str) -> None:
+        waiters = self.rerun_waiters.pop(key, None)
+        if waiters is not None:
+            # A re-run of a cached task: its dependents were counted already.
+            self.ready.extend(waiters)
+            return
+        for dependent in self.dependents[key]:
+            self.deps_left[dependent] -= 1
+            if self.deps_left[dependent] == 0 and self.status[dependent] is TaskStatus.PENDING:
+                self.ready.append(dependent)
+
+    def _check_deadlines(self) -> None:
+        now = time.time()
+        while self.deadlines and self.deadlines[0][0] <= now:
+            _, key = heapq.heappop(self.deadlines)
+            future = self.running.pop(key, None)
+            if future is None:
+                continue
+            self.executor.cancel(future)
+            job = self.graph.tasks[key].job
+            error = TaskTimeout(
+                f"job {job.name!r} timed out after {job.timeout:g}s in task {key}; raise "
+                f"its timeout with @job(timeout=...) if it needs longer"
+            )
+            record = self.task_records[key]
+            record.ended = now
+            record.error = f"TaskTimeout: {error}"
+            INFLIGHT.release(self.store.url, key, None)
+            self._fail(key, error)
+
+    def _kill(self) -> None:
+        self.killed = True
+        self.stopping = True
+        for key, future in list(self.running.items()):
+            self.executor.cancel(future)
+            self._set(key, TaskStatus.CANCELLED)
+            INFLIGHT.release(self.store.url, key, None)
+        self.running.clear()
+        for key in self.shared:
+            self._set(key, TaskStatus.CANCELLED)
+        self.shared.clear()
+
+    # -- outputs ---------------------------------------------------------------------
+
+    def _load_outputs(self) -> bool:
+        """Load cached outputs into memory; return True if a task must re-run."""
+        for key in self.output_keys:
+            if key in self.values or self.status[key] not in (TaskStatus.CACHED, TaskStatus.DONE):
+                continue
+            task = self.graph.tasks[key]
+            manifest = self.manifests.get(key) or self.store.read_manifest(task.job.name, key)
+            try:
+                if manifest is None:
+                    from .errors import ArtifactMissing
+
+                    raise ArtifactMissing(key, "its manifest is gone")
+                self.values[key] = self.store.load(manifest)
+            except Exception as exc:  # noqa: BLE001 - ArtifactMissing or a corrupt payload
+                warnings.warn(
+                    f"pipedsl: cached output of {key} is unusable ({exc}); running it again",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                self.hits.discard(key)
+                self.store.delete_entry(task.job.name, key)
+                self.status[key] = TaskStatus.PENDING
+                self._start(key)
+                return True
+        return False
+
+    # -- state and records -----------------------------------------------------------
+
+    def _set(self, key: str, status: TaskStatus) -> None:
+        previous = self.status[key]
+        self.status[key] = status
+        record = self.task_records[key]
+        record.status = status.value
+        now = time.time()
+        if status is TaskStatus.RUNNING:
+            record.started = now
+        elif status is TaskStatus.CACHED:
+            record.cached = True
+            record.started = record.ended = now
+        elif status.terminal and record.ended is None:
+            record.ended = now
+        if logger.isEnabledFor(logging.INFO):
+            duration = record.duration
+            logger.info(
+                "%-9s %s %s%s",
+                status.value,
+                self.graph.tasks[key].job.name,
+                key.rpartition("-")[2][:8],
+                f" {duration:.3f}s" if duration is not None and status.terminal else "",
+            )
+        if self._progress is not None and status.terminal and not previous.terminal:
+            self._progress.update(status)
+
+    def _flush(self, force: bool = False) -> None:
+        self._last_flush = time.time()
+        try:
+            self.store.write_record(self.run_id, self.record.to_dict())
+        except Exception as exc:  # noqa: BLE001 - a record write must not fail the run
+            logger.warning("could not write run record %s: %s", self.run_id, exc)
+
+    def _close(self) -> None:
+        for key, status in self.status.items():
+            if status is TaskStatus.PENDING:
+                self._set(key, TaskStatus.CANCELLED)
+            elif status is TaskStatus.RUNNING:
+                self._set(key, TaskStatus.CANCELLED)
+        if self.killed:
+            self.record.status = "cancelled"
+        elif self.failure_order:
+            self.record.status = "failed"
+            if self.record.error is None:
+                first = self.errors[self.failure_order[0]]
+                self.record.error = f"{type(first).__name__}: {first}"
+        else:
+            self.record.status = "done"
+        self.record.ended = time.time()
+        self._flush(force=True)
+        if self._progress is not None:
+            self._progress.close()
+        self.finished.set()
+
+    def first_error(self) -> BaseException:
+        if self.killed:
+            done = sum(
+                1 for s in self.status.values() if s in (TaskStatus.DONE, TaskStatus.CACHED)
+            )
+            return RunCancelled(
+                f"run {self.run_id} of {self.graph.name!r} was killed; {done} finished "
+                "tasks are stored and a re-run reuses them"
+            )
+        error = self.errors[self.failure_order[0]]
+        others = [k for k in self.failure_order[1:] if k != "__run__"]
+        if others:
+            add_note(error, f"pipedsl: {len(others)} more task(s) failed: {', '.join(others)}")
+        return error
+
+
+class _Progress:
+    def __init__(self, total: int, name: str) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc=name, unit="task", leave=True)
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def update(self, status: TaskStatus) -> None:
+        self.counts[status.value] += 1
+        self.bar.update(1)
+        self.bar.set_postfix(dict(self.counts), refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _make_progress(progress: bool | None, total: int, name: str) -> _Progress | None:
+    if progress is False:
+        return None
+    if progress is None:
+        import sys
+
+        interactive = "ipykernel" in sys.modules or sys.stderr.isatty()
+        if not interactive or total <= 5:
+            return None
+    try:
+        return _Progress(total, name)
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        return None
