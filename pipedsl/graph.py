@@ -474,7 +474,11 @@ def _compute_key(task: Task, versions: dict[int, CodeVersion]) -> None:
                 _warned_unfingerprintable.add((job.name, name))
                 warnings.warn(f"pipedsl: {reason}", RuntimeWarning, stacklevel=6)
             inputs[name] = "unfingerprintable-" + uuid.uuid4().hex
-    upstream = {dep.job.name + "#" + str(i): dep.key or "" for i, dep in enumerate(task.deps)}
+    # Arguments that are futures, by name, mapped to the upstream job's name, so
+    # an explanation can say "upstream task train changed".
+    upstream = {
+        name: value._task.job.name for name, value in arguments.items() if type(value) is Future
+    }
     after = [f._task.key for f in task.after]
 
     cacheable = job.cache and reason is None and version.volatile is None
