@@ -98,3 +98,37 @@ def s3_store_url(moto_server, monkeypatch):
         "client_kwargs": {"endpoint_url": moto_server, "region_name": "us-east-1"},
     }
     return f"s3://{bucket}/prefix", options
+
+
+class Calls:
+    """Records calls from inside jobs.
+
+    A plain list in a job's closure would be fingerprinted as part of the
+    job's code version and change its cache key after each append; an object
+    without a fingerprint is recorded by type only.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self._items: list = []
+        self._lock = threading.Lock()
+
+    def append(self, item) -> None:
+        with self._lock:
+            self._items.append(item)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index):
+        return self._items[index]
+
+    def __iter__(self):
+        return iter(list(self._items))
+
+    def __eq__(self, other) -> bool:
+        return list(self._items) == list(other)
+
+    def __repr__(self) -> str:
+        return f"Calls({self._items!r})"
