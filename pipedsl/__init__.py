@@ -18,7 +18,7 @@ Examples
 
 from __future__ import annotations
 
-from .artifacts import Directory, File
+from .artifacts import Artifact, Directory, File
 from .config import Config, configure, get_config
 from .dsl import Job, Workflow, job, workflow
 from .errors import (
@@ -43,6 +43,7 @@ from .store import ArtifactStore
 __version__ = "0.1.0"
 
 __all__ = [
+    "Artifact",
     "ArtifactMissing",
     "ArtifactStore",
     "Config",

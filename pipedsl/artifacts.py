@@ -6,15 +6,22 @@ the content is uploaded in chunks to the artifact store under its content hash
 and the handle keeps only that hash. A downstream task that reads ``.path``
 gets a local copy, downloaded on first use (or, for a local store, the stored
 object itself, read-only). Nothing is read whole into memory.
+
+A job parameter annotated ``File`` or ``Artifact[T]`` receives a lazy handle
+instead of the loaded value (see :func:`lazy_parameters`): a job that needs
+only a path or a size never loads the data.
 """
 
 from __future__ import annotations
 
 import contextvars
+import functools
+import inspect
 import os
 import pathlib
-from collections.abc import Iterator
-from typing import IO, TYPE_CHECKING, Any
+import typing
+from collections.abc import Callable, Iterator
+from typing import IO, TYPE_CHECKING, Any, Generic, TypeVar
 
 import xxhash
 
@@ -23,7 +30,9 @@ from .hashing import Fingerprinter, _HANDLERS
 if TYPE_CHECKING:
     from .store import ArtifactStore
 
-__all__ = ["Directory", "File", "current_store", "hash_file"]
+__all__ = ["Artifact", "Directory", "File", "current_store", "hash_file"]
+
+T = TypeVar("T")
 
 CHUNK_SIZE = 8 * 1024 * 1024
 
@@ -226,3 +235,219 @@ def _fingerprint_directory(fp: Fingerprinter, value: Directory) -> None:
 
 _HANDLERS[File] = _fingerprint_file
 _HANDLERS[Directory] = _fingerprint_directory
+
+
+_MISSING: Any = object()
+
+
+class Artifact(Generic[T]):
+    """A lazy handle on the output of an upstream task.
+
+    Annotate a job parameter with ``Artifact[T]`` to receive this handle
+    instead of the value: :meth:`load` reads and decodes the value on first
+    call, while :attr:`size`, :attr:`serializer` and :attr:`path` come from
+    the manifest and the stored object without decoding anything.
+
+    When the upstream value is still in memory (inline and thread executors)
+    the handle wraps it: :meth:`load` returns it as is, and :attr:`size` and
+    :attr:`path` encode it once to answer.
+
+    Examples
+    --------
+    >>> from pipedsl import Artifact, job
+    >>> @job
+    ... def payload_size(table: Artifact[bytes]) -> int:
+    ...     return table.size
+    """
+
+    def __init__(
+        self,
+        store: ArtifactStore,
+        job: str,
+        key: str,
+        path: tuple[tuple[str, Any], ...] = (),
+    ) -> None:
+        self._store: ArtifactStore | None = store
+        self.job = job
+        self.key: str | None = key
+        self._item_path = tuple(path)
+        self._manifest: dict[str, Any] | None = None
+        self._value: Any = _MISSING
+
+    @classmethod
+    def from_value(cls, value: Any, store: ArtifactStore | None = None) -> Artifact[Any]:
+        """Wrap a value that is already in memory."""
+        handle: Artifact[Any] = cls.__new__(cls)
+        handle._store = store
+        handle.job = ""
+        handle.key = None
+        handle._item_path = ()
+        handle._manifest = None
+        handle._value = value
+        return handle
+
+    def __repr__(self) -> str:
+        if self.key is None:
+            return f"Artifact(<in memory {type(self._value).__qualname__}>)"
+        return f"Artifact({self.key!r})"
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The manifest of the stored output: serializer, object, size, checksum."""
+        if self._manifest is None:
+            if self.key is None:
+                self._manifest = self._encode_in_memory()
+            else:
+                from .errors import ArtifactMissing
+
+                manifest = _resolve_store(self._store).read_manifest(self.job, self.key)
+                if manifest is None:
+                    raise ArtifactMissing(self.key, "its manifest is gone")
+                self._manifest = manifest
+        return self._manifest
+
+    def _encode_in_memory(self, store_payload: bool = False) -> dict[str, Any]:
+        """Encode an in-memory value and describe it like a manifest.
+
+        With ``store_payload`` the encoded bytes are also written to the store
+        under their content hash, so :attr:`path` can return a file.
+        """
+        from . import serializers
+
+        store = _resolve_store(self._store)
+        name, data = serializers.dumps(self._value, store, "?")
+        digest = store.put_bytes(data) if store_payload else xxhash.xxh3_128_hexdigest(data)
+        return {"key": None, "serializer": name, "object": digest, "size": len(data)}
+
+    @property
+    def size(self) -> int:
+        """Size in bytes of the stored payload (the encoded whole output)."""
+        return int(self.manifest["size"])
+
+    @property
+    def serializer(self) -> str:
+        """Name of the serializer that encoded the output."""
+        return str(self.manifest["serializer"])
+
+    @property
+    def path(self) -> str:
+        """Local path of the encoded payload, downloaded from a remote store once.
+
+        The file holds the serializer's bytes: raw bytes for ``bytes`` outputs,
+        ``.npy`` for numpy arrays, Parquet for data frames.
+        """
+        store = _resolve_store(self._store)
+        if self.key is None:
+            self._manifest = self._encode_in_memory(store_payload=True)
+        return store.local_object(self.manifest["object"], self.job or "")
+
+    def load(self) -> T:
+        """Read, verify and decode the value (once; later calls reuse it)."""
+        if self._value is _MISSING:
+            from .graph import apply_path
+
+            store = _resolve_store(self._store)
+            value = store.load(self.manifest)
+            self._value = apply_path(value, self._item_path)
+        return self._value  # type: ignore[no-any-return]
+
+
+def _lazy_kind(annotation: Any) -> type | None:
+    if annotation is File or annotation is Artifact:
+        return annotation  # type: ignore[no-any-return]
+    if typing.get_origin(annotation) is Artifact:
+        return Artifact
+    if isinstance(annotation, str):
+        # Annotations that get_type_hints could not evaluate stay strings.
+        text = annotation.replace(" ", "").rpartition(".")[2]
+        if text == "File":
+            return File
+        if text == "Artifact" or text.startswith("Artifact["):
+            return Artifact
+        if "Artifact[" in annotation and annotation.split("[", 1)[0].endswith("Artifact"):
+            return Artifact
+    return None
+
+
+@functools.lru_cache(maxsize=1024)
+def lazy_parameters(fn: Callable[..., Any]) -> dict[str, type]:
+    """Return ``{parameter: File or Artifact}`` for parameters that take handles.
+
+    Examples
+    --------
+    >>> def report(model: File, table: "Artifact[bytes]", n: int) -> None: ...
+    >>> sorted(kind.__name__ for kind in lazy_parameters(report).values())
+    ['Artifact', 'File']
+    """
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # annotations naming types that are not importable here
+        hints = dict(getattr(fn, "__annotations__", {}))
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return {}
+    lazy = {}
+    for name, parameter in parameters.items():
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        kind = _lazy_kind(hints.get(name, parameter.annotation))
+        if kind is not None:
+            lazy[name] = kind
+    return lazy
+
+
+def bind_lazy_parameters(
+    fn: Callable[..., Any],
+    lazy: dict[str, type],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    make_handle: Callable[[type, Any], Any],
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Replace the arguments of ``lazy`` parameters by ``make_handle(kind, value)``."""
+    try:
+        bound = inspect.signature(fn).bind_partial(*args, **kwargs)
+    except TypeError:
+        return args, kwargs  # the call itself reports the mismatch
+    for name, kind in lazy.items():
+        if name in bound.arguments:
+            bound.arguments[name] = make_handle(kind, bound.arguments[name])
+    return bound.args, bound.kwargs
+
+
+def open_lazy_input(
+    kind: type,
+    store: ArtifactStore,
+    job: str,
+    key: str,
+    path: tuple[tuple[str, Any], ...],
+    load: Callable[[], Any],
+) -> Any:
+    """Return the handle a ``File`` or ``Artifact`` parameter gets for a stored output.
+
+    ``Artifact`` parameters get an :class:`Artifact` without any read. A
+    ``File`` parameter whose upstream returned ``bytes`` gets a File on the
+    stored payload, so nothing is loaded into memory. Any other output is
+    loaded with ``load`` (a stored File loads as a handle, without its data).
+    """
+    if kind is Artifact:
+        return Artifact(store, job, key, path)
+    manifest = store.read_manifest(job, key)
+    if manifest is not None and manifest.get("serializer") == "bytes" and not path:
+        from .errors import ArtifactMissing
+
+        digest = manifest["object"]
+        if not store._exists(store.object_path(digest)):
+            raise ArtifactMissing(key, f"payload {digest} not found")
+        return File._stored(digest, f"{digest[:12]}.bin", int(manifest["size"]), store)
+    return load()
+
+
+def wrap_lazy_input(kind: type, value: Any, store: ArtifactStore) -> Any:
+    """Return the handle a ``File`` or ``Artifact`` parameter gets for an in-memory value."""
+    if kind is Artifact:
+        return value if isinstance(value, Artifact) else Artifact.from_value(value, store)
+    if type(value) in (bytes, bytearray):
+        digest = store.put_bytes(bytes(value))
+        return File._stored(digest, f"{digest[:12]}.bin", len(value), store)
+    return value

@@ -27,11 +27,15 @@ add their own with :func:`register_serializer`.
 from __future__ import annotations
 
 import abc
+import contextlib
+import contextvars
+import dataclasses
 import io
 import json
 import math
 import pickle
 import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
@@ -43,7 +47,9 @@ if TYPE_CHECKING:
     from .store import ArtifactStore
 
 __all__ = [
+    "References",
     "Serializer",
+    "collect_references",
     "get_serializer",
     "register_serializer",
     "serializer_for",
@@ -72,6 +78,34 @@ class Serializer(abc.ABC):
     @abc.abstractmethod
     def loads(self, data: bytes, store: ArtifactStore) -> Any:
         """Decode what :meth:`dumps` wrote."""
+
+
+@dataclasses.dataclass
+class References:
+    """Digests of the File and Directory artifacts found inside one value."""
+
+    files: set[str] = dataclasses.field(default_factory=set)
+    directories: set[str] = dataclasses.field(default_factory=set)
+
+
+_references: contextvars.ContextVar[References | None] = contextvars.ContextVar(
+    "pipedsl_references", default=None
+)
+
+
+@contextlib.contextmanager
+def collect_references() -> Iterator[References]:
+    """Record the File and Directory artifacts that serializers upload meanwhile.
+
+    The store writes them into the manifest, so integrity checks and garbage
+    collection know every object an entry needs without decoding its payload.
+    """
+    collected = References()
+    token = _references.set(collected)
+    try:
+        yield collected
+    finally:
+        _references.reset(token)
 
 
 class BytesSerializer(Serializer):
@@ -202,11 +236,17 @@ class _ArtifactPickler(pickle.Pickler):
         self.store = store
 
     def persistent_id(self, obj: Any) -> Any:
+        references = _references.get()
         if type(obj) is File:
             digest, size = self.store.put_file_artifact(obj)
+            if references is not None:
+                references.files.add(digest)
             return ("file", digest, obj.name, size)
         if type(obj) is Directory:
             digest, listing = self.store.put_directory_artifact(obj)
+            if references is not None:
+                references.directories.add(digest)
+                references.files.update(entry[0] for entry in listing.values())
             return ("directory", digest, obj.name, listing)
         return None
 
@@ -292,8 +332,24 @@ def register_serializer(tp: type, serializer: Serializer) -> None:
     ...     def loads(self, data, store): return Text(data.decode())
     >>> register_serializer(Text, TextSerializer())
     """
+    if not isinstance(tp, type):
+        raise TypeError(f"register_serializer needs a type as first argument, got {tp!r}")
+    if not isinstance(serializer, Serializer):
+        raise TypeError(
+            f"register_serializer needs a pipedsl.Serializer instance, got {serializer!r}; "
+            "subclass pipedsl.Serializer and pass an instance"
+        )
     if not serializer.name:
         raise ValueError(f"serializer {serializer!r} needs a non-empty name attribute")
+    existing = _BY_NAME.get(serializer.name)
+    if existing is not None and type(existing) is not type(serializer):
+        # Manifests store the name, so a second class under the same name
+        # would decode artifacts written by the first one.
+        raise ValueError(
+            f"serializer name {serializer.name!r} is already used by "
+            f"{type(existing).__qualname__}; give {type(serializer).__qualname__} "
+            "another name, e.g. with a version suffix"
+        )
     _BY_TYPE[tp] = serializer
     _BY_NAME[serializer.name] = serializer
 
@@ -322,9 +378,16 @@ def dumps(value: Any, store: ArtifactStore, job_name: str = "?") -> tuple[str, b
     errors = []
     for serializer in serializer_for(value):
         try:
-            return serializer.name, serializer.dumps(value, store)
+            data = serializer.dumps(value, store)
         except (pickle.PicklingError, TypeError, AttributeError, ValueError) as exc:
             errors.append(f"{serializer.name}: {exc}")
+            continue
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise SerializationError(
+                f"serializer {serializer.name!r} returned {type(data).__qualname__} "
+                f"for the output of job {job_name!r}; Serializer.dumps must return bytes"
+            )
+        return serializer.name, bytes(data)
     raise SerializationError(
         f"job {job_name!r} returned a value of type "
         f"{type(value).__module__}.{type(value).__qualname__} that no serializer can "

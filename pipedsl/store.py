@@ -4,27 +4,36 @@ Layout under the store's root URL::
 
     objects/<2 hex>/<digest>        content-addressed payloads (xxh3-128 of the bytes)
     objects/<2 hex>/<digest>.dir    listing of a Directory artifact (JSON)
-    tasks/<job>/<cache key>.json    manifest: serializer, object, size, producing run
+    tasks/<job>/<cache key>.json    manifest: serializer, object, size, checksum, producer
     runs/<run id>.json              run records
     runs/<run id>.kill              a request to kill a run, from any process
 
-A manifest is written last, after its payload, so an entry exists exactly when
-its manifest does. Local writes go to a temporary file and are renamed into
-place; object stores (S3, GCS) make a single PUT, or a multipart upload that
-becomes visible only when complete. A reader therefore sees a whole artifact
-or none. Payloads are verified against their digest when loaded; an entry with
-a missing or corrupt payload is reported as :class:`ArtifactMissing` and the
-scheduler runs its task again.
+Atomicity. A manifest is written last, after its payload and every file
+object it refers to, so an entry exists exactly when its manifest does. Local
+writes go to a temporary file in the same folder and are renamed into place.
+Object stores (S3, GCS) make a single PUT, or a multipart upload that becomes
+visible only when it completes. A reader therefore sees a whole object or
+none, on every backend.
+
+Integrity. Payloads are checked against their size and digest when loaded,
+and the file objects a manifest lists are checked to exist. An entry whose
+payload is missing or corrupt raises :class:`ArtifactMissing`, and the
+scheduler runs its task again with a warning.
+
+Freshness. Listings and existence checks drop the filesystem's listing cache
+first, so writes by other processes are seen at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -39,13 +48,22 @@ from . import serializers
 from .artifacts import CHUNK_SIZE, Directory, File, hash_file
 from .errors import ArtifactMissing, StoreError
 
-__all__ = ["ArtifactStore", "Manifest", "safe_name"]
+__all__ = ["ArtifactStore", "Manifest", "StoredObject", "safe_name"]
 
 logger = logging.getLogger(__name__)
 
 Manifest = dict[str, Any]
 
+# Part size and parallel parts of uploads and downloads of file artifacts on
+# object stores: the bytes in flight are at most their product (64 MiB), so
+# memory stays bounded whatever the file size. S3 needs parts of at least
+# 5 MiB and at most 10,000 of them; s3fs enlarges the part size for files
+# above 156 GiB to stay under that count.
+TRANSFER_PART_SIZE = 2 * CHUNK_SIZE
+TRANSFER_CONCURRENCY = 4
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
+_HEX_DIGEST = re.compile(r"^[0-9a-f]{32}$")
 
 
 def safe_name(name: str) -> str:
@@ -54,8 +72,19 @@ def safe_name(name: str) -> str:
 
 
 def _default_download_cache() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".cache"
+    )
     return os.path.join(base, "pipedsl")
+
+
+class StoredObject(dict):  # type: ignore[type-arg]
+    """One entry of :meth:`ArtifactStore.iter_objects`.
+
+    Keys: ``name`` (digest, or ``<digest>.dir`` for a Directory listing),
+    ``path``, ``size`` in bytes and ``modified`` as a Unix time (0.0 when the
+    filesystem does not report it).
+    """
 
 
 class ArtifactStore:
@@ -69,7 +98,8 @@ class ArtifactStore:
     storage_options:
         Passed to the fsspec filesystem (for S3: ``key``, ``secret``,
         ``client_kwargs={"endpoint_url": ...}``...). One filesystem object built
-        from them serves every operation of this store.
+        from them serves every operation of this store, and the store pickles
+        with them, so process and Dask workers reach the same endpoint.
     download_cache:
         Local folder for downloaded file artifacts of remote stores.
     download_cache_size:
@@ -82,6 +112,8 @@ class ArtifactStore:
     >>> manifest = store.save("demo", "demo-00", [1, 2, 3])
     >>> store.load(manifest)
     [1, 2, 3]
+    >>> manifest["serializer"], manifest["size"]
+    ('json', 7)
     """
 
     def __init__(
@@ -92,13 +124,30 @@ class ArtifactStore:
         download_cache: str | None = None,
         download_cache_size: int = 20 * 2**30,
     ) -> None:
+        if not isinstance(url, str) or not url:
+            raise StoreError(
+                f"invalid artifact store URL {url!r}; pass a local folder, "
+                "'s3://bucket/prefix' or another fsspec URL"
+            )
+        if download_cache_size < 0:
+            raise ValueError(
+                f"download_cache_size must be at least 0 bytes, got {download_cache_size!r}"
+            )
         self.storage_options = dict(storage_options or {})
         if "://" not in url:
             url = os.path.abspath(os.path.expanduser(url))
         self.url = url
-        self.fs, self.root = fsspec.core.url_to_fs(url, **self.storage_options)
+        try:
+            self.fs, self.root = fsspec.core.url_to_fs(url, **self.storage_options)
+        except (ImportError, ValueError, TypeError) as exc:
+            raise StoreError(
+                f"cannot open artifact store {url!r}: {exc}; for s3:// URLs install "
+                "pipedsl[s3] and check the storage_options"
+            ) from exc
         self.root = self.root.rstrip("/")
-        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        protocols = (
+            self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        )
         self.is_local = "file" in protocols or "local" in protocols
         self.download_cache = download_cache or _default_download_cache()
         self.download_cache_size = download_cache_size
@@ -119,12 +168,15 @@ class ArtifactStore:
         return "/".join((self.root, *parts))
 
     def object_path(self, digest: str) -> str:
+        """Return the path of the object with content hash ``digest``."""
         return self._path("objects", digest[:2], digest)
 
     def manifest_path(self, job: str, key: str) -> str:
+        """Return the path of the manifest of task ``key`` of ``job``."""
         return self._path("tasks", safe_name(job), key.rpartition("-")[2] + ".json")
 
     def record_path(self, run_id: str) -> str:
+        """Return the path of the record of run ``run_id``."""
         return self._path("runs", f"{run_id}.json")
 
     # -- low-level atomic I/O ------------------------------------------------------
@@ -133,6 +185,8 @@ class ArtifactStore:
         """Write ``data`` to ``path`` atomically; with ``exclusive``, only if absent.
 
         Returns False when ``exclusive`` is set and the path already exists.
+        On object stores the exclusive check and the PUT are two requests, so
+        two writers racing there may both write; both write a complete body.
         """
         if self.is_local:
             folder = os.path.dirname(path)
@@ -155,7 +209,7 @@ class ArtifactStore:
                     os.unlink(tmp)
                 raise
             return True
-        if exclusive and self.fs.exists(path):
+        if exclusive and self._exists(path):
             return False
         self.fs.pipe_file(path, data)
         return True
@@ -170,7 +224,28 @@ class ArtifactStore:
         if self.is_local:
             return os.path.exists(path)
         self.fs.invalidate_cache(path)
-        return self.fs.exists(path)
+        return bool(self.fs.exists(path))
+
+    def _remove(self, path: str) -> bool:
+        """Delete one file; return False when it was already gone."""
+        try:
+            if self.is_local:
+                os.unlink(path)
+            else:
+                self.fs.rm_file(path)
+                self.fs.invalidate_cache(path)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _list(self, folder: str, detail: bool = False) -> list[Any]:
+        """List ``folder`` from the filesystem, never from a listing cache."""
+        if not self.is_local:
+            self.fs.invalidate_cache(folder)
+        try:
+            return list(self.fs.ls(folder, detail=detail))
+        except FileNotFoundError:
+            return []
 
     # -- objects -------------------------------------------------------------------
 
@@ -186,13 +261,17 @@ class ArtifactStore:
         self._write(path, data)
         return digest
 
-    def get_bytes(self, digest: str, key: str = "?") -> bytes:
-        """Read an object and check it against its digest."""
+    def get_bytes(self, digest: str, key: str = "?", size: int | None = None) -> bytes:
+        """Read an object and check it against its digest (and ``size`` if given)."""
         path = self.object_path(digest)
         try:
             data = self._read(path)
         except FileNotFoundError:
             raise ArtifactMissing(key, f"payload {digest} not found at {path}") from None
+        if size is not None and len(data) != size:
+            raise ArtifactMissing(
+                key, f"payload {path} has {len(data)} bytes, its manifest says {size}"
+            )
         if xxhash.xxh3_128_hexdigest(data) != digest:
             raise ArtifactMissing(key, f"payload {path} fails its checksum")
         return data
@@ -225,9 +304,15 @@ class ArtifactStore:
                     os.unlink(tmp)
                 raise
             return
-        # s3fs uploads in parts of ``chunksize`` bytes and completes the
+        # s3fs sends parts of TRANSFER_PART_SIZE bytes and completes the
         # multipart upload at the end, so the object appears whole or not at all.
-        self.fs.put_file(source, path, chunksize=CHUNK_SIZE * 8)
+        self.fs.put_file(
+            source,
+            path,
+            chunksize=TRANSFER_PART_SIZE,
+            max_concurrency=TRANSFER_CONCURRENCY,
+        )
+        self.fs.invalidate_cache(path)
 
     def put_directory_artifact(self, handle: Directory) -> tuple[str, dict[str, list[Any]]]:
         """Upload every file of a Directory, then its listing; return its digest."""
@@ -241,23 +326,35 @@ class ArtifactStore:
         return digest, {k: list(v) for k, v in listing.items()}
 
     def local_object(self, digest: str, name: str = "") -> str:
-        """Return a local path holding object ``digest``, downloading it if needed."""
+        """Return a local path holding object ``digest``, downloading it if needed.
+
+        For a local store this is the stored object itself (read-only). For a
+        remote store the object is downloaded once into the download cache,
+        under a temporary name that is renamed into place after its checksum
+        matches, so concurrent readers in any process see the whole file or
+        download their own copy.
+        """
         path = self.object_path(digest)
         if self.is_local:
             if not os.path.exists(path):
                 raise ArtifactMissing(digest, f"file object not found at {path}")
             return path
-        folder = os.path.join(self.download_cache, "objects", digest[:2])
-        target = os.path.join(folder, digest, name or digest)
-        if os.path.exists(target):
-            os.utime(target)
+        folder = os.path.join(self.download_cache, "objects", digest[:2], digest)
+        target = os.path.join(folder, safe_name(name) if name else digest)
+        try:
+            os.utime(target)  # marks it recently used for the size limit
             return target
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        # Download next to the target, then rename: concurrent readers see the
-        # whole file or nothing.
+        except FileNotFoundError:
+            pass
+        os.makedirs(folder, exist_ok=True)
         tmp = f"{target}.part-{uuid.uuid4().hex}"
         try:
-            self.fs.get_file(path, tmp)
+            self.fs.get_file(
+                path,
+                tmp,
+                chunksize=TRANSFER_PART_SIZE,
+                max_concurrency=TRANSFER_CONCURRENCY,
+            )
             if hash_file(tmp)[0] != digest:
                 raise ArtifactMissing(digest, f"download of {path} fails its checksum")
             os.replace(tmp, target)
@@ -266,7 +363,7 @@ class ArtifactStore:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-        self._trim_download_cache()
+        self._trim_download_cache(keep=target)
         return target
 
     def local_directory(self, digest: str, listing: dict[str, tuple[str, int]]) -> str:
@@ -296,7 +393,14 @@ class ArtifactStore:
                 shutil.rmtree(tmp, ignore_errors=True)
         return target
 
-    def _trim_download_cache(self) -> None:
+    def _trim_download_cache(self, keep: str = "") -> None:
+        """Remove least recently used downloads until the cache fits its size.
+
+        ``keep`` (the file just returned to a caller) is never removed. A
+        reader in another process that has already opened a removed file keeps
+        reading it (POSIX unlink semantics); one that has only its path
+        downloads it again.
+        """
         root = os.path.join(self.download_cache, "objects")
         entries = []
         total = 0
@@ -314,11 +418,54 @@ class ArtifactStore:
         for _, size, full in sorted(entries):
             if total <= self.download_cache_size:
                 break
-            try:
+            if full == keep:
+                continue
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(full)
-            except FileNotFoundError:
-                pass
+                logger.debug("download cache: removed %s (%d bytes)", full, size)
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.dirname(full))
             total -= size
+
+    def iter_objects(self) -> Iterator[StoredObject]:
+        """Yield every object of the store (payloads and Directory listings)."""
+        for prefix in self._list(self._path("objects")):
+            for info in self._list(prefix, detail=True):
+                name = info["name"].rstrip("/").rpartition("/")[2]
+                if info.get("type") == "directory" or name.startswith(".tmp-"):
+                    continue
+                yield StoredObject(
+                    name=name,
+                    path=info["name"],
+                    size=int(info.get("size") or 0),
+                    modified=_modified(info),
+                )
+
+    def remove_object(self, name: str) -> bool:
+        """Delete object ``name`` (a digest or ``<digest>.dir``); False if absent."""
+        digest = name.partition(".")[0]
+        if not _HEX_DIGEST.match(digest) or name not in (digest, digest + ".dir"):
+            raise ValueError(
+                f"invalid object name {name!r}; expected a 32-character hex digest, "
+                "optionally followed by '.dir'"
+            )
+        return self._remove(self._path("objects", digest[:2], name))
+
+    def iter_temporary_files(self) -> Iterator[StoredObject]:
+        """Yield temporary files that crashed local writers left in the store."""
+        if not self.is_local:
+            return
+        for folder, _, names in os.walk(self.root):
+            for name in names:
+                if name.startswith(".tmp-"):
+                    full = os.path.join(folder, name)
+                    try:
+                        stat = os.stat(full)
+                    except FileNotFoundError:
+                        continue
+                    yield StoredObject(
+                        name=name, path=full, size=stat.st_size, modified=stat.st_mtime
+                    )
 
     # -- task outputs --------------------------------------------------------------
 
@@ -331,21 +478,32 @@ class ArtifactStore:
     ) -> Manifest:
         """Store ``value`` as the output of task ``key`` and return its manifest.
 
-        The payload is written first and the manifest last. When another run
-        wrote the same key first, its manifest is kept and returned.
+        The payload and every File or Directory inside the value are written
+        first and the manifest last. When another run wrote the same key
+        first, its manifest is kept and returned.
         """
-        name, data = serializers.dumps(value, self, job)
+        with serializers.collect_references() as references:
+            name, data = serializers.dumps(value, self, job)
         digest = self.put_bytes(data)
+        meta = dict(meta or {})
         manifest: Manifest = {
             "key": key,
             "job": job,
             "serializer": name,
             "object": digest,
             "size": len(data),
+            "checksum": f"xxh3_128:{digest}",
+            "files": sorted(references.files),
+            "directories": sorted(references.directories),
             "created": time.time(),
-            **(meta or {}),
+            "producer": {
+                "run_id": meta.get("run_id"),
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+            },
+            **meta,
         }
-        body = json.dumps(manifest, separators=(",", ":")).encode()
+        body = json.dumps(manifest, separators=(",", ":"), default=str).encode()
         path = self.manifest_path(job, key)
         if not self._write(path, body, exclusive=True):
             existing = self.read_manifest(job, key)
@@ -361,13 +519,35 @@ class ArtifactStore:
         try:
             if not self.is_local:
                 self.fs.invalidate_cache(path)
-            return json.loads(self._read(path))
+            manifest = json.loads(self._read(path))
         except (FileNotFoundError, json.JSONDecodeError):
             return None
+        return manifest if isinstance(manifest, dict) else None
+
+    def check_references(self, manifest: Manifest) -> None:
+        """Raise ArtifactMissing if a File or Directory the manifest lists is gone."""
+        key = manifest.get("key", "?")
+        for digest in manifest.get("files", ()):
+            if not self._exists(self.object_path(digest)):
+                raise ArtifactMissing(
+                    key, f"file object {digest} not found at {self.object_path(digest)}"
+                )
+        for digest in manifest.get("directories", ()):
+            if not self._exists(self.object_path(digest) + ".dir"):
+                raise ArtifactMissing(key, f"directory listing {digest}.dir not found")
 
     def load(self, manifest: Manifest) -> Any:
-        """Load the value a manifest points to; verifies the payload's checksum."""
-        data = self.get_bytes(manifest["object"], manifest.get("key", "?"))
+        """Load the value a manifest points to, after checking its integrity.
+
+        Raises
+        ------
+        ArtifactMissing
+            The payload or a file object it refers to is missing, or the
+            payload fails its size or checksum check.
+        """
+        key = manifest.get("key", "?")
+        data = self.get_bytes(manifest["object"], key, manifest.get("size"))
+        self.check_references(manifest)
         serializer = serializers.get_serializer(manifest["serializer"])
         from .artifacts import current_store
 
@@ -390,75 +570,83 @@ class ArtifactStore:
             except FileNotFoundError:
                 return set()
         else:
-            self.fs.invalidate_cache(folder)
-            try:
-                names = [p.rpartition("/")[2] for p in self.fs.ls(folder, detail=False)]
-            except FileNotFoundError:
-                return set()
+            names = [p.rstrip("/").rpartition("/")[2] for p in self._list(folder)]
         return {n[:-5] for n in names if n.endswith(".json") and not n.startswith(".")}
 
-    def delete_entry(self, job: str, key: str) -> None:
-        path = self.manifest_path(job, key)
-        try:
-            if self.is_local:
-                os.unlink(path)
-            else:
-                self.fs.rm_file(path)
-        except FileNotFoundError:
-            pass
+    def delete_entry(self, job: str, key: str) -> bool:
+        """Delete the manifest of task ``key``; return False when there was none.
+
+        The payload stays until garbage collection, because other entries may
+        share it.
+        """
+        return self._remove(self.manifest_path(job, key))
 
     def iter_manifests(self, job: str | None = None) -> Iterator[Manifest]:
         """Yield every manifest in the store, or those of one job."""
-        base = self._path("tasks")
-        if not self.is_local:
-            self.fs.invalidate_cache(base)
         if job is not None:
             jobs = [safe_name(job)]
         else:
-            try:
-                jobs = [p.rpartition("/")[2] for p in self.fs.ls(base, detail=False)]
-            except FileNotFoundError:
-                return
+            jobs = [p.rstrip("/").rpartition("/")[2] for p in self._list(self._path("tasks"))]
         for name in sorted(jobs):
             for digest in sorted(self.cached_keys(name)):
                 try:
                     body = self._read(self._path("tasks", name, digest + ".json"))
+                    manifest = json.loads(body)
                 except FileNotFoundError:
                     continue
-                yield json.loads(body)
+                except json.JSONDecodeError:
+                    logger.warning("skipping unreadable manifest tasks/%s/%s.json", name, digest)
+                    continue
+                yield manifest
 
     # -- run records ---------------------------------------------------------------
 
     def write_record(self, run_id: str, record: dict[str, Any]) -> None:
+        """Write the record of run ``run_id``, replacing an older version."""
         body = json.dumps(record, separators=(",", ":"), default=str).encode()
         self._write(self.record_path(run_id), body)
 
     def read_record(self, run_id: str) -> dict[str, Any] | None:
+        """Return the record of run ``run_id``, or None when there is none."""
         try:
             if not self.is_local:
-                self.fs.invalidate_cache(self._path("runs"))
-            return json.loads(self._read(self.record_path(run_id)))
-        except FileNotFoundError:
+                self.fs.invalidate_cache(self.record_path(run_id))
+            return json.loads(self._read(self.record_path(run_id)))  # type: ignore[no-any-return]
+        except (FileNotFoundError, json.JSONDecodeError):
             return None
 
     def list_runs(self) -> list[str]:
         """Return run ids, oldest first (run ids sort by start time)."""
         folder = self._path("runs")
-        try:
-            if self.is_local:
+        if self.is_local:
+            try:
                 names = os.listdir(folder)
-            else:
-                self.fs.invalidate_cache(folder)
-                names = [p.rpartition("/")[2] for p in self.fs.ls(folder, detail=False)]
-        except FileNotFoundError:
-            return []
+            except FileNotFoundError:
+                return []
+        else:
+            names = [p.rstrip("/").rpartition("/")[2] for p in self._list(folder)]
         return sorted(n[:-5] for n in names if n.endswith(".json") and not n.startswith("."))
 
     def request_kill(self, run_id: str) -> None:
+        """Ask the process running ``run_id`` to kill it, from any process."""
         self._write(self._path("runs", f"{run_id}.kill"), b"kill")
 
     def kill_requested(self, run_id: str) -> bool:
+        """Return True once :meth:`request_kill` was called for ``run_id``."""
         return self._exists(self._path("runs", f"{run_id}.kill"))
+
+
+def _modified(info: dict[str, Any]) -> float:
+    """Return the modification time of an fsspec ``info`` dict as a Unix time."""
+    for field in ("mtime", "LastModified", "last_modified", "created", "updated"):
+        value = info.get(field)
+        if value is None:
+            continue
+        if isinstance(value, (int, float)):
+            return float(value)
+        if hasattr(value, "timestamp"):
+            return float(value.timestamp())
+    return 0.0
 
 
 def _rebuild_store(

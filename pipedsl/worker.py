@@ -21,7 +21,13 @@ from typing import Any
 
 import cloudpickle
 
-from .artifacts import current_store
+from .artifacts import (
+    bind_lazy_parameters,
+    current_store,
+    lazy_parameters,
+    open_lazy_input,
+    wrap_lazy_input,
+)
 from .errors import ArtifactMissing, RemoteTaskError, add_note
 from .graph import apply_path
 from .store import ArtifactStore
@@ -77,7 +83,9 @@ class Outcome:
 
 
 def _resolve_inputs(spec: TaskSpec) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    if not spec.has_refs:
+    # Parameters annotated File or Artifact[T] get lazy handles, not values.
+    lazy = lazy_parameters(spec.job.fn)
+    if not spec.has_refs and not lazy:
         return spec.args, spec.kwargs
     loaded: dict[str, Any] = {}
 
@@ -89,8 +97,18 @@ def _resolve_inputs(spec: TaskSpec) -> tuple[tuple[Any, ...], dict[str, Any]]:
             loaded[ref.key] = spec.store.load(manifest)
         return apply_path(loaded[ref.key], ref.path)
 
-    args = tuple(_substitute_refs(a, load) for a in spec.args)
-    kwargs = {k: _substitute_refs(v, load) for k, v in spec.kwargs.items()}
+    def handle(kind: type, value: Any) -> Any:
+        if type(value) is Ref:
+            return open_lazy_input(
+                kind, spec.store, value.job, value.key, value.path, lambda: load(value)
+            )
+        return wrap_lazy_input(kind, _substitute_refs(value, load), spec.store)
+
+    args, kwargs = spec.args, spec.kwargs
+    if lazy:
+        args, kwargs = bind_lazy_parameters(spec.job.fn, lazy, args, kwargs, handle)
+    args = tuple(_substitute_refs(a, load) for a in args)
+    kwargs = {k: _substitute_refs(v, load) for k, v in kwargs.items()}
     return args, kwargs
 
 
