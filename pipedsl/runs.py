@@ -101,6 +101,10 @@ class Run(Generic[R]):
         finally:
             if self._owns_executor:
                 self._scheduler.executor.shutdown()
+            from .worker import RUN_END_CALLBACKS
+
+            for callback in RUN_END_CALLBACKS.pop(self.run_id, []):
+                callback()
 
     def __repr__(self) -> str:
         return f"<Run {self.run_id} {self.graph.name!r} {self.status}>"

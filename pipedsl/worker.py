@@ -12,6 +12,8 @@ launch) use it as their entry command.
 
 from __future__ import annotations
 
+import collections
+import contextvars
 import dataclasses
 import logging
 import sys
@@ -35,6 +37,14 @@ from .store import ArtifactStore
 __all__ = ["Outcome", "Ref", "TaskSpec", "execute"]
 
 logger = logging.getLogger(__name__)
+
+# The id of the run whose task executes in this context. Jobs that start a
+# resource for the run append a callback to RUN_END_CALLBACKS[run_id]; the run
+# calls them when it ends, if it ran in this process.
+current_run_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "pipedsl_current_run_id", default=None
+)
+RUN_END_CALLBACKS: dict[str, list[Any]] = collections.defaultdict(list)
 
 NO_VALUE: Any = type("NoValue", (), {"__repr__": lambda self: "NO_VALUE"})()
 
@@ -149,6 +159,7 @@ def execute(spec: TaskSpec) -> Outcome:
     job = spec.job
     outcome = Outcome(spec.key, ok=False, started=time.time())
     token = current_store.set(spec.store)
+    run_token = current_run_id.set(spec.meta.get("run_id"))
     try:
         try:
             args, kwargs = _resolve_inputs(spec)
@@ -219,6 +230,7 @@ def execute(spec: TaskSpec) -> Outcome:
         return outcome
     finally:
         current_store.reset(token)
+        current_run_id.reset(run_token)
 
 
 def execute_remote(spec: TaskSpec) -> Outcome:
