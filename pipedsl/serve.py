@@ -77,7 +77,7 @@ def input_model(workflow: Workflow[Any, Any]) -> Any:
     import pydantic
 
     try:
-        hints = typing.get_type_hints(workflow.fn)
+        hints = typing.get_type_hints(workflow.fn, include_extras=True)
     except Exception:  # noqa: BLE001 - hints naming types that are not importable
         hints = {}
     fields: dict[str, Any] = {}
@@ -100,7 +100,7 @@ def _output_schema(workflow: Workflow[Any, Any]) -> dict[str, Any]:
     import pydantic
 
     try:
-        annotation = typing.get_type_hints(workflow.fn).get("return", Any)
+        annotation = typing.get_type_hints(workflow.fn, include_extras=True).get("return", Any)
         return pydantic.TypeAdapter(annotation).json_schema()
     except Exception:  # noqa: BLE001 - a return type with no JSON schema
         return {}
@@ -327,7 +327,25 @@ async def _handle_run(settings: _Settings, request: Any) -> Any:
 
     started = time.perf_counter()
     loop = asyncio.get_running_loop()
-    handle, outcome = await loop.run_in_executor(settings.pool, _execute, settings, kwargs)
+    try:
+        handle, outcome = await loop.run_in_executor(settings.pool, _execute, settings, kwargs)
+    except pydantic.ValidationError as exc:
+        # A model built from the inputs while the workflow was traced rejected them.
+        errors = _field_errors(exc)
+        return _error(
+            422,
+            f"invalid input for workflow {settings.workflow.name!r}: {exc.title} field "
+            f"{errors[0]['field']!r}: {errors[0]['message']}",
+            errors=errors,
+        )
+    except Exception as exc:  # noqa: BLE001 - reported to the client as a 500
+        message = (
+            f"workflow {settings.workflow.name!r} failed while it was traced: "
+            f"{type(exc).__name__}: {exc}"
+        )
+        logger.error("%s", message)
+        extra = {"traceback": _format(exc)} if settings.debug else {}
+        return _error(500, message, **extra)
     if outcome is None:
         return _error(
             504,
@@ -368,8 +386,12 @@ def _run_failed(settings: _Settings, handle: Any, exc: Exception) -> Any:
     logger.error("%s", message)
     extra: dict[str, Any] = {"run_id": handle.run_id, "job": job}
     if settings.debug:
-        extra["traceback"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        extra["traceback"] = _format(exc)
     return _error(500, message, **extra)
+
+
+def _format(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
 
 
 def _openapi(settings: _Settings) -> dict[str, Any]:
