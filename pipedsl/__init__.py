@@ -21,6 +21,8 @@ from __future__ import annotations
 from .artifacts import Artifact, Directory, File
 from .config import Config, configure, get_config
 from .dsl import Job, Workflow, job, workflow
+from .dynamic import MapResult, when
+from .loop import LoopRun, no_improvement
 from .errors import (
     ArtifactMissing,
     GraphError,
@@ -53,6 +55,8 @@ __all__ = [
     "Graph",
     "GraphError",
     "Job",
+    "LoopRun",
+    "MapResult",
     "PipedslError",
     "Plan",
     "RemoteTaskError",
@@ -75,7 +79,9 @@ __all__ = [
     "get_config",
     "job",
     "load_run",
+    "no_improvement",
     "register_fingerprint",
     "register_serializer",
+    "when",
     "workflow",
 ]

@@ -802,7 +802,14 @@ def _resolve_run_id(store: Any, text: str) -> str:
     if text == "latest":
         if not ids:
             raise CLIError(f"no runs in store {store.url}")
-        return str(ids[-1])
+        started = {}
+        for run_id in ids[-50:]:
+            data = store.read_record(run_id)
+            if data is not None:
+                started[run_id] = float(data.get("started") or 0.0)
+        # Generated ids sort by start time; the newest 50 are compared by
+        # their recorded start so an id given with --run-id is found too.
+        return max(started, key=lambda r: (started[r], r)) if started else str(ids[-1])
     if text in ids:
         return text
     matches = [run_id for run_id in ids if run_id.startswith(text) or run_id.endswith(text)]
@@ -886,18 +893,24 @@ def runs(
     """
     from .display import format_duration
 
+    from .records import RunRecord
+
     target = _command_store(ctx, store).open_store()
+    # Ids given with --run-id need not sort by time, so every record is read
+    # and sorted by its start time.
+    # NOTE: this is one read per run; a store with many thousands of runs on
+    # an object store lists slowly.
+    records = []
+    for run_id in target.list_runs():
+        data = target.read_record(run_id)
+        if data is not None:
+            records.append(RunRecord.from_dict(data))
+    records.sort(key=lambda r: (r.started, r.run_id), reverse=True)
     rows = []
     summaries = []
-    for run_id in reversed(target.list_runs()):
+    for record in records:
         if len(rows) >= limit:
             break
-        data = target.read_record(run_id)
-        if data is None:
-            continue
-        from .records import RunRecord
-
-        record = RunRecord.from_dict(data)
         if workflow_name and record.workflow != workflow_name:
             continue
         state = _effective_status(record)
@@ -1176,7 +1189,7 @@ def cache_rm(
     default="30d",
     show_default=True,
     metavar="AGE",
-    help="Remove entries not used for this long: seconds or 30s, 10m, 2h, 7d.",
+    help="Remove entries created longer ago than this: seconds or 30s, 10m, 2h, 7d, 2w.",
 )
 @click.option("--dry-run", is_flag=True, help="Report what would be removed; remove nothing.")
 @click.option(
@@ -1191,23 +1204,27 @@ def cache_gc(
     ctx: click.Context, older_than: str, dry_run: bool, keep_live_runs: bool, store: str | None
 ) -> None:
     """Remove old entries and payloads that no entry refers to."""
-    from .dsl import parse_duration
-
+    module = _cache_module()
     try:
-        parse_duration(older_than, "--older-than")
+        module.parse_age(older_than)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--older-than") from None
-    module = _cache_module()
     target = _command_store(ctx, store).open_store()
     report = module.collect_garbage(
         target, older_than=older_than, dry_run=dry_run, keep_live_runs=keep_live_runs
     )
     if dry_run:
         click.echo("dry run: nothing was removed")
+    from .display import format_size
+
     for name, value in report.items():
+        if name == "dry_run":
+            continue
         if isinstance(value, (list, tuple, set)):
             value = len(value)
-        click.echo(f"{name}: {value}")
+        if name.startswith("bytes") and isinstance(value, int):
+            value = format_size(value)
+        click.echo(f"{name.replace('_', ' ')}: {value}")
 
 
 # -- entry point -------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from typing_extensions import ParamSpec
 
 from .codeversion import CodeVersion, code_version
 from .graph import Future, Graph, Task, TraceContext, tracing
+from .hashing import _HANDLERS
 
 if TYPE_CHECKING:
     from .runs import Plan, Run
@@ -91,6 +92,7 @@ class Job(Generic[P, R]):
         retry_on: tuple[type[BaseException], ...] = (Exception,),
         timeout: float | str | None = None,
         resources: dict[str, Any] | None = None,
+        dynamic: bool = False,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"@job needs a function, got {fn!r}")
@@ -120,6 +122,7 @@ class Job(Generic[P, R]):
         self.retry_on = tuple(retry_on)
         self.timeout = parse_duration(timeout)
         self.resources = dict(resources or {})
+        self.dynamic = dynamic
         self._signature = inspect.signature(fn)
         self._arity: int | None | bool = False
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
@@ -311,6 +314,14 @@ class Workflow(Generic[P, R]):
         return plan_graph(self._trace(args, call_kwargs), options)
 
 
+def _fingerprint_job(fp: Any, value: Job[Any, Any]) -> None:
+    # A job passed as an argument (to map, for instance) is keyed by its code.
+    fp.tag("job", f"{value.name}:{value.code_version().digest}")
+
+
+_HANDLERS[Job] = _fingerprint_job
+
+
 @overload
 def job(fn: Callable[P, R], /) -> Job[P, R]: ...
 
@@ -327,6 +338,7 @@ def job(
     retry_on: tuple[type[BaseException], ...] | type[BaseException] = (Exception,),
     timeout: float | str | None = None,
     resources: dict[str, Any] | None = None,
+    dynamic: bool = False,
 ) -> Callable[[Callable[P, R]], Job[P, R]]: ...
 
 
@@ -349,6 +361,9 @@ def job(fn: Any = None, /, **options: Any) -> Any:
         Seconds, or a string such as ``"10m"``, from the task's start.
     resources:
         ``{"cpus": 2, "gpus": 1, "memory": "8GiB"}`` for Dask and Ray.
+    dynamic:
+        The function may call jobs and return futures; the scheduler runs the
+        tasks it returns at run time (see :mod:`pipedsl.dynamic`).
 
     Examples
     --------

@@ -60,7 +60,10 @@ class TaskStatus(str, enum.Enum):
 class Task:
     """One call of a job with its arguments: a vertex of the graph."""
 
-    __slots__ = ("job", "args", "kwargs", "deps", "after", "scope", "key", "info", "__weakref__")
+    __slots__ = (
+        "job", "args", "kwargs", "deps", "after", "scope", "key", "info", "limit",
+        "tolerant", "__weakref__",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -85,6 +88,11 @@ class Task:
         # Set by Graph when keys are computed.
         self.key: str | None = None
         self.info: KeyInfo | None = None
+        # (group name, max tasks of the group running at once), set by map().
+        self.limit: tuple[str, int] | None = None
+        # True when the task receives failed inputs as ElementFailed values
+        # instead of being skipped (the gather task of a tolerant map).
+        self.tolerant = False
 
     def __repr__(self) -> str:
         return f"<Task {self.key or self.job.name}>"
@@ -176,6 +184,9 @@ class Future(Generic[T]):
 
     def __hash__(self) -> int:
         return id(self)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Future, (self._task, self._path))
 
     def __contains__(self, item: object) -> bool:
         raise _misuse(self, "Testing membership in", "Test membership inside a job.")

@@ -125,6 +125,17 @@ class Scheduler:
         self.stopping = False
         self.killed = False
         self.finished = threading.Event()
+        # Dynamic tasks waiting for the tasks they returned: parent -> (value, keys).
+        self.dynamic_pending: dict[str, tuple[Any, set[str]]] = {}
+        self.waiting_parents: dict[str, list[str]] = collections.defaultdict(list)
+        # Keys whose values must stay in memory (outputs of dynamic tasks).
+        self.protected: set[str] = set()
+        # map(max_parallel=...): running count and deferred keys per group.
+        self.group_running: collections.Counter[str] = collections.Counter()
+        self.group_deferred: dict[str, collections.deque[str]] = collections.defaultdict(
+            collections.deque
+        )
+        self._listings: dict[str, set[str]] = {}
 
         self.record = RunRecord(
             run_id=run_id,
@@ -188,11 +199,16 @@ class Scheduler:
                 if task.info is not None and task.info.cacheable:
                     by_job[task.job.name].append(key)
             for job, keys in by_job.items():
-                stored = self.store.cached_keys(job)
+                stored = self._listing(job)
                 self.hits.update(k for k in keys if k.rpartition("-")[2] in stored)
         for key in self.graph.tasks:
             if self.deps_left[key] == 0:
                 self.ready.append(key)
+
+    def _listing(self, job: str) -> set[str]:
+        if job not in self._listings:
+            self._listings[job] = self.store.cached_keys(job)
+        return self._listings[job]
 
     # -- the loop --------------------------------------------------------------------
 
@@ -202,9 +218,22 @@ class Scheduler:
                 if self.capacity and len(self.running) >= self.capacity:
                     break
                 key = self.ready.popleft()
-                if self.status[key] is TaskStatus.PENDING:
-                    self._start(key)
-            if not self.running and not self.shared and (self.stopping or not self.ready):
+                if self.status[key] is not TaskStatus.PENDING:
+                    continue
+                limit = self.graph.tasks[key].limit
+                if limit is not None and key not in self.hits:
+                    group, maximum = limit
+                    if self.group_running[group] >= maximum:
+                        self.group_deferred[group].append(key)
+                        continue
+                    self.group_running[group] += 1
+                self._start(key)
+            if (
+                not self.running
+                and not self.shared
+                and not self.dynamic_pending
+                and (self.stopping or not self.ready)
+            ):
                 if self.stopping or not self._load_outputs():
                     break
                 continue
@@ -314,8 +343,10 @@ class Scheduler:
                 "inputs": info.inputs,
                 "upstream": info.upstream,
             },
-            save=cacheable or not self.executor.in_process,
-            inline_limit=None if self.executor.in_process else INLINE_LIMIT,
+            # A dynamic job returns futures: the scheduler stores its value
+            # once they are resolved, so the worker sends it back as is.
+            save=not task.job.dynamic and (cacheable or not self.executor.in_process),
+            inline_limit=None if self.executor.in_process or task.job.dynamic else INLINE_LIMIT,
             has_refs=has_refs,
         )
         self._release_inputs(key)
@@ -334,7 +365,8 @@ class Scheduler:
         for dep in set(self.graph.dependencies(key)):
             self.uses_left[dep] -= 1
             if self.uses_left[dep] <= 0 and dep not in self.output_keys:
-                self.values.pop(dep, None)
+                if dep not in self.protected:
+                    self.values.pop(dep, None)
 
     # -- finishing tasks ---------------------------------------------------------------
 
@@ -350,6 +382,11 @@ class Scheduler:
             self._rerun_missing(outcome.missing, key, outcome.error)
             return
 
+        if outcome.ok and task.job.dynamic:
+            INFLIGHT.release(self.store.url, key, None)
+            self._expand(key, outcome.value)
+            return
+
         if outcome.ok:
             INFLIGHT.release(self.store.url, key, outcome)
             if outcome.value is not NO_VALUE:
@@ -363,6 +400,8 @@ class Scheduler:
 
         INFLIGHT.release(self.store.url, key, None)
         error = outcome.error or RuntimeError(f"task {key} failed without an exception")
+        if outcome.cause is not None and error.__cause__ is None:
+            error.__cause__ = outcome.cause
         add_note(error, f"pipedsl: job {task.job.name!r} failed in task {key} (run {self.run_id})")
         record.error = f"{type(error).__name__}: {error}"
         record.traceback = outcome.traceback_text or None
@@ -370,11 +409,132 @@ class Scheduler:
 
     def _fail(self, key: str, error: BaseException) -> None:
         self.errors[key] = error
-        self.failure_order.append(key)
         self._set(key, TaskStatus.FAILED)
+        self._release_group(key)
+        dependents = self.dependents[key]
+        if dependents and all(self.graph.tasks[d].tolerant for d in dependents):
+            # Every dependent is the gather task of a tolerant map: it receives
+            # the failure as a value, and the run goes on.
+            from .dynamic import ElementFailed
+
+            self.values[key] = ElementFailed(f"{type(error).__name__}: {error}")
+            self._finish(key)
+            return
+        self.failure_order.append(key)
         self._skip_dependents(key)
+        for parent in self.waiting_parents.pop(key, []):
+            if self.status[parent] is TaskStatus.RUNNING:
+                self.dynamic_pending.pop(parent, None)
+                self._fail(parent, error)
         if self.on_failure == "stop":
             self.stopping = True
+
+    def _release_group(self, key: str) -> None:
+        limit = self.graph.tasks[key].limit
+        if limit is None or key in self.hits:
+            return
+        group = limit[0]
+        self.group_running[group] -= 1
+        if self.group_deferred[group]:
+            self.ready.append(self.group_deferred[group].popleft())
+
+    # -- dynamic tasks -----------------------------------------------------------------
+
+    def _expand(self, key: str, value: Any) -> None:
+        """Add the tasks a dynamic task returned to the run, then wait for them."""
+        futures = list(iter_futures(value))
+        if not futures:
+            self._resolve_dynamic(key, value)
+            return
+        sub = Graph.build([f._task for f in futures])
+        for new_key, task in sub.tasks.items():
+            if new_key not in self.graph.tasks:
+                self._add_task(new_key, task)
+        waiting = set()
+        for future in futures:
+            upstream = future._task.key
+            assert upstream is not None
+            self.protected.add(upstream)
+            if self.status[upstream] not in (TaskStatus.DONE, TaskStatus.CACHED):
+                waiting.add(upstream)
+                self.waiting_parents[upstream].append(key)
+        self.dynamic_pending[key] = (value, waiting)
+        if not waiting:
+            self._resolve_dynamic(key, value)
+
+    def _add_task(self, key: str, task: Any) -> None:
+        info = task.info
+        assert info is not None
+        self.graph.tasks[key] = task
+        self.status[key] = TaskStatus.PENDING
+        self.dependents[key] = []
+        self.uses_left[key] = 0
+        dependencies = list(dict.fromkeys(d.key for d in task.deps))
+        unfinished = 0
+        for dep in dependencies:
+            self.dependents[dep].append(key)
+            self.uses_left[dep] += 1
+            if self.status[dep] not in (TaskStatus.DONE, TaskStatus.CACHED):
+                unfinished += 1
+        self.deps_left[key] = unfinished
+        record = TaskRecord(
+            key=key,
+            job=task.job.name,
+            code_version=info.code.digest,
+            code_parts=info.code.parts,
+            inputs=info.inputs,
+            upstream=info.upstream,
+            dependencies=dependencies,
+            scope=list(task.scope),
+            not_cached_because=info.reason,
+        )
+        self.task_records[key] = record
+        self.record.tasks.append(record)
+        if not self.refresh and info.cacheable:
+            if key.rpartition("-")[2] in self._listing(task.job.name):
+                self.hits.add(key)
+        if self._progress is not None:
+            self._progress.grow()
+        if any(self.status[d] in (TaskStatus.FAILED, TaskStatus.SKIPPED) for d in dependencies):
+            self._set(key, TaskStatus.SKIPPED)
+        elif unfinished == 0:
+            self.ready.append(key)
+
+    def _value_of(self, key: str) -> Any:
+        if key not in self.values:
+            task = self.graph.tasks[key]
+            manifest = self.manifests.get(key) or self.store.read_manifest(task.job.name, key)
+            if manifest is None:
+                from .errors import ArtifactMissing
+
+                raise ArtifactMissing(key, "its manifest is gone")
+            self.values[key] = self.store.load(manifest)
+        return self.values[key]
+
+    def _resolve_dynamic(self, key: str, value: Any) -> None:
+        from .graph import apply_path, substitute
+
+        self.dynamic_pending.pop(key, None)
+        task = self.graph.tasks[key]
+        try:
+            resolved = substitute(
+                value, lambda f: apply_path(self._value_of(f._task.key), f._path)
+            )
+            if task.info is not None and task.info.cacheable:
+                manifest = self.store.save(
+                    task.job.name, key, resolved, {"run_id": self.run_id,
+                    "code_version": task.info.code.digest, "code_parts": task.info.code.parts,
+                    "inputs": task.info.inputs, "upstream": task.info.upstream},
+                )  # fmt: skip
+                self.manifests[key] = manifest
+                self.task_records[key].size = manifest.get("size")
+        except Exception as exc:  # noqa: BLE001 - reported as the task's failure
+            self._fail(key, exc)
+            return
+        self.values[key] = resolved
+        self.task_records[key].ended = time.time()
+        self._set(key, TaskStatus.DONE)
+        self._finish(key)
 
     def _skip_dependents(self, key: str) -> None:
         stack = list(self.dependents[key])
@@ -399,6 +559,14 @@ class Scheduler:
             self._start(missing)
 
     def _finish(self, key: str) -> None:
+        if self.status[key] is not TaskStatus.FAILED:
+            self._release_group(key)
+        for parent in self.waiting_parents.pop(key, []):
+            pending = self.dynamic_pending.get(parent)
+            if pending is not None:
+                pending[1].discard(key)
+                if not pending[1]:
+                    self._resolve_dynamic(parent, pending[0])
         waiters = self.rerun_waiters.pop(key, None)
         if waiters is not None:
             # A re-run of a cached task: its dependents were counted already.
@@ -545,6 +713,10 @@ class _Progress:
 
         self.bar = tqdm(total=total, desc=name, unit="task", leave=True)
         self.counts: collections.Counter[str] = collections.Counter()
+
+    def grow(self) -> None:
+        self.bar.total += 1
+        self.bar.refresh()
 
     def update(self, status: TaskStatus) -> None:
         self.counts[status.value] += 1

@@ -232,6 +232,9 @@ class ArtifactStore:
             if self.is_local:
                 os.unlink(path)
             else:
+                # S3 reports success for deleting a missing key, so ask first.
+                if not self._exists(path):
+                    return False
                 self.fs.rm_file(path)
                 self.fs.invalidate_cache(path)
         except FileNotFoundError:

@@ -46,7 +46,17 @@ current_run_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 RUN_END_CALLBACKS: dict[str, list[Any]] = collections.defaultdict(list)
 
-NO_VALUE: Any = type("NoValue", (), {"__repr__": lambda self: "NO_VALUE"})()
+class _NoValue:
+    """Marks an outcome whose value stayed in the store; one instance per process."""
+
+    def __repr__(self) -> str:
+        return "NO_VALUE"
+
+    def __reduce__(self) -> str:
+        return "NO_VALUE"
+
+
+NO_VALUE: Any = _NoValue()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +100,8 @@ class Outcome:
     started: float = 0.0
     ended: float = 0.0
     missing: str | None = None
+    # The error's __cause__, carried apart because pickling drops it.
+    cause: BaseException | None = None
 
 
 def _resolve_inputs(spec: TaskSpec) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -243,9 +255,8 @@ def execute_remote(spec: TaskSpec) -> Outcome:
             add_note(error, "Traceback in the worker:\n" + outcome.traceback_text.rstrip())
             error.__traceback__ = None
             if cause is not None:
-                error.__cause__ = _portable(cause, "")
-                error.__cause__.__traceback__ = None
-                error.__context__ = None
+                outcome.cause = _portable(cause, "")
+                outcome.cause.__traceback__ = None
         outcome.error = error
     return outcome
 

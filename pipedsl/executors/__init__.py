@@ -19,9 +19,10 @@ def make_executor(spec: Any, max_workers: int | None = None) -> tuple[Executor, 
     if spec == "inline":
         return InlineExecutor(), True
     if spec == "processes":
-        from .process import ProcessExecutor
+        from .process import shared_process_executor
 
-        return ProcessExecutor(max_workers), True
+        # Shared across runs, so later runs find warm worker processes.
+        return shared_process_executor(max_workers), False
     if spec == "dask":
         from .dask import DaskExecutor
 

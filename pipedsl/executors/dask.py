@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import sys
 from typing import Any
 
 from ..worker import TaskSpec, execute_remote
@@ -20,6 +21,10 @@ from .base import Executor, parse_memory
 __all__ = ["DaskExecutor"]
 
 logger = logging.getLogger(__name__)
+
+
+def _extend_path(path: list[str]) -> None:
+    sys.path[:] = path + [p for p in sys.path if p not in path]
 
 
 class DaskExecutor(Executor):
@@ -49,6 +54,10 @@ class DaskExecutor(Executor):
             client = Client(client)
             self._own = (client, None)
         self.client = client
+        if self._own is not None and self._own[1] is not None:
+            # Workers of a cluster started here import the user's modules the
+            # way this process does.
+            client.run(_extend_path, list(sys.path))
         self._futures: dict[int, Any] = {}
 
     def submit(self, spec: TaskSpec, resources: dict[str, Any]) -> concurrent.futures.Future[Any]:

@@ -9,6 +9,7 @@ processes, so none outlives the interpreter that started them.
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import logging
 import multiprocessing
@@ -30,8 +31,10 @@ __all__ = ["ProcessExecutor"]
 logger = logging.getLogger(__name__)
 
 
-def _worker_main(conn: Connection) -> None:
+def _worker_main(conn: Connection, path: list[str]) -> None:
     """Loop of a worker process: receive a pickled spec, send the outcome."""
+    # The parent's import path, so jobs in the user's modules import here too.
+    sys.path[:] = path + [p for p in sys.path if p not in path]
     while True:
         try:
             payload = conn.recv_bytes()
@@ -56,7 +59,9 @@ class _Worker:
     def __init__(self, context: Any) -> None:
         parent, child = context.Pipe()
         self.conn = parent
-        self.process = context.Process(target=_worker_main, args=(child,), daemon=True)
+        self.process = context.Process(
+            target=_worker_main, args=(child, list(sys.path)), daemon=True
+        )
         self.process.start()
         child.close()
         self.future: concurrent.futures.Future[Any] | None = None
@@ -65,7 +70,10 @@ class _Worker:
         if self.process.is_alive():
             self.process.kill()
         self.process.join(timeout=5)
-        self.conn.close()
+        try:
+            self.conn.close()
+        except OSError:  # closed already by the driving thread
+            pass
 
 
 class ProcessExecutor(Executor):
@@ -150,3 +158,18 @@ class ProcessExecutor(Executor):
             workers = list(self._workers)
         for worker in workers:
             worker.kill()
+
+
+_shared: dict[int | None, ProcessExecutor] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_process_executor(max_workers: int | None = None) -> ProcessExecutor:
+    """Return the process-wide executor for ``max_workers``, creating it once."""
+    with _shared_lock:
+        executor = _shared.get(max_workers)
+        if executor is None:
+            executor = ProcessExecutor(max_workers)
+            _shared[max_workers] = executor
+            atexit.register(executor.shutdown)
+        return executor
