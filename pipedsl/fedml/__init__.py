@@ -14,7 +14,15 @@ itself is imported only when a launch job or the executor needs it.
 
 from __future__ import annotations
 
-from .jobs import Job, JobCancelled, JobFailed, JobStatus, NullJob, PollPolicy
+from .jobs import (
+    Job,
+    JobCancelled,
+    JobFailed,
+    JobNotStarted,
+    JobStatus,
+    NullJob,
+    PollPolicy,
+)
 from .launch import (
     FedMLExecutor,
     LaunchJob,
@@ -29,6 +37,7 @@ __all__ = [
     "Job",
     "JobCancelled",
     "JobFailed",
+    "JobNotStarted",
     "JobStatus",
     "LaunchJob",
     "Metadata",

@@ -29,6 +29,7 @@ __all__ = [
     "Job",
     "JobCancelled",
     "JobFailed",
+    "JobNotStarted",
     "JobStatus",
     "NullJob",
     "PollPolicy",
@@ -114,6 +115,10 @@ class JobCancelled(RunError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.job_name, self.reason))
+
+
+class JobNotStarted(JobCancelled):
+    """A class-based job was not started because the workflow was stopping."""
 
 
 class PollPolicy:
@@ -406,7 +411,7 @@ class ClassJobRunner:
         """Set the inputs, run the job, poll until it ends; return its outputs."""
         context = self.context
         if context.abort.is_set():
-            raise JobCancelled(job.name, f"not started because {context.reason}")
+            raise JobNotStarted(job.name, f"not started because {context.reason}")
         job.input_data_dict = dict(inputs)
         context.started[job.name] = time.time()
         try:
@@ -438,9 +443,8 @@ class ClassJobRunner:
         previous: JobStatus | None = None
         undetermined_since: float | None = None
         while True:
-            if context.abort.is_set():
-                self._kill(job)
-                raise JobCancelled(job.name, context.reason)
+            # The status comes first, so a job that ended while another one
+            # failed is reported as finished or failed, not as killed.
             status = _normalise_status(job, job.status())
             now = time.monotonic()
             if status is JobStatus.FINISHED:
@@ -448,6 +452,9 @@ class ClassJobRunner:
             if status is JobStatus.FAILED:
                 reason = job.failure_reason() or "its status() returned FAILED"
                 raise JobFailed(job.name, reason)
+            if context.abort.is_set():
+                self._kill(job)
+                raise JobCancelled(job.name, context.reason)
             if status is JobStatus.UNDETERMINED:
                 if undetermined_since is None:
                     undetermined_since = now

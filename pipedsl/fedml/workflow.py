@@ -23,7 +23,7 @@ from ..dsl import Job as FunctionJob
 from ..errors import GraphError, RunCancelled, RunError
 from ..graph import Future, Graph
 from ..runs import Run, start_graph
-from .jobs import Job, JobCancelled, JobStatus, PollPolicy, RunContext, class_job_task
+from .jobs import Job, JobCancelled, JobNotStarted, JobStatus, PollPolicy, RunContext, class_job_task
 
 __all__ = ["AdjacencyList", "Metadata", "Node", "Workflow", "WorkflowFailed"]
 
@@ -531,7 +531,9 @@ class Workflow:
             record = records[key]
             if record.status == "failed":
                 error = record.error or "failed without an error message"
-                if error.startswith(JobCancelled.__name__):
+                if error.startswith(JobNotStarted.__name__ + ":"):
+                    not_started.append(name)
+                elif error.startswith(JobCancelled.__name__ + ":"):
                     killed.append(name)
                 else:
                     failed[name] = error
