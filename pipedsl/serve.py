@@ -64,6 +64,11 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY = 1 << 20
 
+# Tracing reads job sources with ast.parse, which on CPython 3.11.7 fails with
+# "SystemError: AST constructor recursion depth mismatch" when two threads parse
+# at once. Runs are traced one at a time (milliseconds) and run concurrently.
+_trace_lock = threading.Lock()
+
 
 # -- inputs and outputs ---------------------------------------------------------------
 
@@ -364,7 +369,8 @@ async def _handle_run(settings: _Settings, request: Any) -> Any:
 
 def _execute(settings: _Settings, kwargs: dict[str, Any]) -> tuple[Any, Any]:
     """Run the workflow on a pool thread; return (run, (output,) or error or None)."""
-    handle = settings.workflow.submit(**kwargs, **settings.run_options)
+    with _trace_lock:
+        handle = settings.workflow.submit(**kwargs, **settings.run_options)
     if not handle.wait(settings.run_timeout):
         handle.kill()
         handle.wait(10)
