@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import re
+import sys
 import typing
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
@@ -182,7 +183,29 @@ class Job(Generic[P, R]):
         """Return the code version of this job (source, helpers, globals)."""
         if self.version is not None:
             return CodeVersion(f"pinned-{self.version}", {"version": self.version})
+        frozen = self.__dict__.get("_frozen_code")
+        if frozen is not None:
+            return frozen  # type: ignore[no-any-return]
         return code_version(self.fn)
+
+    def __reduce__(self) -> Any:
+        # A job importable from its module travels by reference, so a worker
+        # and the scheduler share one definition and compute the same keys.
+        module = sys.modules.get(getattr(self.fn, "__module__", "") or "")
+        qualname = getattr(self.fn, "__qualname__", "")
+        if (
+            module is not None
+            and module.__name__ not in ("__main__", "__mp_main__")
+            and "<locals>" not in qualname
+            and getattr(module, qualname, None) is self
+        ):
+            return (_import_job, (module.__name__, qualname))
+        # Otherwise (a notebook, a script's __main__, a factory) it travels by
+        # value, with the code version the sender computed: a copy's source
+        # cannot be read on the other side.
+        state = dict(self.__dict__)
+        state["_frozen_code"] = self.code_version()
+        return (_rebuild_job, (state,))
 
     def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         bound = self._signature.bind(*args, **kwargs)
@@ -201,6 +224,21 @@ class Job(Generic[P, R]):
                 if parts and Ellipsis not in parts:
                     self._arity = len(parts)
         return self._arity  # type: ignore[return-value]
+
+
+def _import_job(module: str, qualname: str) -> Job[Any, Any]:
+    import importlib
+
+    job = importlib.import_module(module)
+    for part in qualname.split("."):
+        job = getattr(job, part)
+    return job  # type: ignore[return-value]
+
+
+def _rebuild_job(state: dict[str, Any]) -> Job[Any, Any]:
+    job = Job.__new__(Job)
+    job.__dict__.update(state)
+    return job
 
 
 class Workflow(Generic[P, R]):
