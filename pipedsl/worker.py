@@ -282,4 +282,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Under ``python -m`` this file is ``__main__``, a second copy of the
+    # module: run the imported ``pipedsl.worker`` so that outcomes pickle
+    # NO_VALUE and other names by reference to it.
+    from pipedsl.worker import main as _main
+
+    sys.exit(_main())

@@ -382,6 +382,9 @@ class FedMLExecutor(Executor):
     (S3 or similar, not ``memory://``). Storage options without credentials
     are exported to the job as ``FSSPEC_<PROTOCOL>``; credentials must come
     from the remote environment (for S3, ``AWS_ACCESS_KEY_ID`` and so on).
+    Jobs travel pickled with cloudpickle: those defined in ``__main__`` go by
+    value, and those of an importable module need that module installed on
+    the FedML machine (``bootstrap`` can install it).
 
     Parameters
     ----------
