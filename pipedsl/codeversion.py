@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import dis
 import functools
 import hashlib
 import importlib.metadata
@@ -179,6 +180,22 @@ def _referenced_names(code: types.CodeType) -> set[str]:
     return names
 
 
+_GLOBAL_OPS = frozenset({"LOAD_GLOBAL", "LOAD_NAME", "STORE_GLOBAL", "DELETE_GLOBAL"})
+
+
+def _global_names(code: types.CodeType) -> set[str]:
+    """Names that ``code`` (and code nested in it) reads or writes as globals.
+
+    Unlike ``co_names`` this leaves out attribute names, so ``os.path`` does
+    not make a notebook variable called ``path`` part of the code version.
+    """
+    names = {i.argval for i in dis.get_instructions(code) if i.opname in _GLOBAL_OPS}
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _global_names(const)
+    return names
+
+
 def _warn_once(key: str, message: str) -> None:
     if key not in _warned:
         _warned.add(key)
@@ -254,7 +271,7 @@ class _Walker:
 
     def _globals(self, fn: Any, code: types.CodeType) -> None:
         namespace = getattr(fn, "__globals__", {})
-        for name in sorted(_referenced_names(code)):
+        for name in sorted(_global_names(code)):
             if name in namespace:
                 self.reference(name, namespace[name], code=code)
 
