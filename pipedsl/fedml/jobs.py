@@ -198,7 +198,8 @@ class Job(abc.ABC):
         Names of the instance attributes that define a deterministic job
         (its configuration). ``None`` (the default) uses every public
         attribute except ``input_data_dict`` and ``output_data_dict``, so list
-        them when ``run()`` stores other state on ``self``.
+        them when ``run()`` stores other state on ``self``. Attributes holding
+        a :class:`JobStatus` are left out either way.
 
     Examples
     --------
@@ -317,10 +318,13 @@ def _job_state(job: Job) -> Any:
         return (label, job.name, "nondeterministic")
     names = kind.cache_attributes
     if names is None:
+        # JobStatus values are run state that run() changes, not configuration.
         names = tuple(
             name
-            for name in vars(job)
-            if not name.startswith("_") and name not in ("input_data_dict", "output_data_dict")
+            for name, value in vars(job).items()
+            if not name.startswith("_")
+            and name not in ("input_data_dict", "output_data_dict")
+            and not isinstance(value, JobStatus)
         )
     missing = [name for name in names if not hasattr(job, name)]
     if missing:
