@@ -68,7 +68,7 @@ logger = logging.getLogger(__name__)
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 # Transport failures that are retried: the request may not have reached the
-# model, or the model did not answer in time.
+# model, or the model did not respond in time.
 RETRY_ERRORS = (httpx.TransportError,)
 
 
@@ -324,7 +324,7 @@ class Endpoint:
         """Add a task that sends ``payload`` and returns the validated response.
 
         ``payload`` is a request model instance, a dict, or the future of
-        another endpoint's response; in the last case the two models are
+        another endpoint's response. For a future, the two endpoints' models are
         checked against each other now, before anything runs.
         """
         source = None
@@ -553,8 +553,8 @@ class _NoLimit:
 
 
 def _limiter(url: str, limit: int | None) -> Any:
-    # NOTE: the limit holds per process; runs on a process, Dask or Ray executor
-    # can have up to limit requests in flight per worker process.
+    # NOTE: the limit applies per process, so runs on a process, Dask or Ray
+    # executor can have up to `limit` requests in flight per worker process.
     if limit is None:
         return _NoLimit()
     with _lock:
@@ -590,7 +590,7 @@ class ChatEndpoint(Endpoint):
     output is a :class:`ChatResponse`.
 
     Sampling with a temperature above zero is not deterministic, so pass
-    ``cache=False`` unless the same answer may be reused.
+    ``cache=False`` unless the same completion may be reused.
 
     Examples
     --------
@@ -691,7 +691,7 @@ class ModelServer:
     port:
         Port on 127.0.0.1; None picks a free one.
     health_path:
-        Path that answers HTTP 200 once the server is ready.
+        Path that returns HTTP 200 once the server is ready.
     url_path:
         Path appended to the base URL in the value :func:`deploy` returns.
     ttl:
@@ -701,7 +701,7 @@ class ModelServer:
         False stops the server when the run that deployed it ends. True keeps it
         for later runs, until ``ttl``.
     startup_timeout:
-        Seconds to wait for the first healthy answer.
+        Seconds to wait for the first healthy response.
     env:
         Extra environment variables for the process.
     state_dir:

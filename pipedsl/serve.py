@@ -5,7 +5,7 @@ Routes of the app that :func:`create_app` builds:
 ``POST /run``
     A JSON object of workflow inputs, validated against the workflow's
     signature and type hints. Each request is a run of its own, with its own run
-    record. The answer is ``{"run_id": ..., "output": ..., "tasks": {...}}``.
+    record. The response body is ``{"run_id": ..., "output": ..., "tasks": {...}}``.
 ``GET /health``
     ``{"status": "ok", "workflow": ...}``; never needs the token.
 ``GET /openapi.json``
@@ -13,11 +13,11 @@ Routes of the app that :func:`create_app` builds:
 
 Errors: invalid JSON or inputs get 422 with the failing parameter named, a
 missing or wrong bearer token 401, a body over the size limit 413, a failed
-run 500 naming the job that failed. Tracebacks appear in answers only with
+run 500 naming the job that failed. Tracebacks appear in responses only with
 ``debug=True``. Only JSON crosses the wire.
 
 Runs block, so they execute on a thread pool of ``max_concurrency`` threads
-and the event loop stays free to accept requests and answer health checks.
+and the event loop stays free to accept requests and respond to health checks.
 
 Examples
 --------
@@ -64,9 +64,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY = 1 << 20
 
-# Tracing reads job sources with ast.parse, which on CPython 3.11.7 fails with
-# "SystemError: AST constructor recursion depth mismatch" when two threads parse
-# at once. Runs are traced one at a time (milliseconds) and run concurrently.
+# Eight requests traced at once on CPython 3.11.7 made the ast.parse calls of
+# code versioning raise "SystemError: AST constructor recursion depth mismatch".
+# Runs are therefore traced one at a time (milliseconds each) and run concurrently.
 _trace_lock = threading.Lock()
 
 
@@ -191,9 +191,9 @@ def create_app(
         Runs executed at once; further requests wait for a free thread.
     run_timeout:
         Seconds (or ``"30s"``) a request waits for its run before the run is
-        killed and the answer is 504. None waits as long as the run takes.
+        killed and the response is 504. None waits as long as the run takes.
     debug:
-        Include tracebacks in 500 answers.
+        Include tracebacks in 500 responses.
 
     Examples
     --------
@@ -320,6 +320,7 @@ async def _handle_run(settings: _Settings, request: Any) -> Any:
         inputs = settings.model.model_validate_json(body or b"{}", strict=True)
     except pydantic.ValidationError as exc:
         errors = _field_errors(exc)
+        logger.info("rejected inputs of %s: %s", settings.workflow.name, errors[:3])
         first = errors[0]
         name = first["field"] or "(body)"
         return _error(
@@ -337,6 +338,7 @@ async def _handle_run(settings: _Settings, request: Any) -> Any:
     except pydantic.ValidationError as exc:
         # A model built from the inputs while the workflow was traced rejected them.
         errors = _field_errors(exc)
+        logger.info("rejected inputs of %s: %s", settings.workflow.name, errors[:3])
         return _error(
             422,
             f"invalid input for workflow {settings.workflow.name!r}: {exc.title} field "
@@ -507,6 +509,7 @@ class BackgroundServer:
     >>> @workflow
     ... def echo(text: str) -> str:
     ...     return text
+    >>> import httpx
     >>> with BackgroundServer(create_app(echo)) as server:  # doctest: +SKIP
     ...     httpx.post(server.url + "/run", json={"text": "hi"}).json()["output"]
     'hi'
@@ -602,7 +605,7 @@ def _size(value: str) -> int:
     "--token",
     envvar="PIPEDSL_SERVE_TOKEN",
     default=None,
-    help="Bearer token required by POST /run [env PIPEDSL_SERVE_TOKEN].",
+    help="Bearer token for POST /run and /openapi.json [env PIPEDSL_SERVE_TOKEN].",
 )
 @click.option("--store", default=None, help="Artifact store URL of the runs.")
 @click.option("--executor", default=None, help="Executor of the runs (threads, inline...).")
@@ -611,7 +614,7 @@ def _size(value: str) -> int:
     "--max-concurrency", default=8, show_default=True, type=int, help="Runs at once."
 )
 @click.option("--run-timeout", default=None, help="Seconds, or e.g. 30s, before a run is killed.")
-@click.option("--debug", is_flag=True, help="Include tracebacks in 500 answers.")
+@click.option("--debug", is_flag=True, help="Include tracebacks in 500 responses.")
 @click.option("--log-level", default="info", show_default=True, help="uvicorn log level.")
 def serve_command(
     target: str,

@@ -194,7 +194,7 @@ def test_served_workflow_rejects_bad_image(deployment):
 
 
 def test_renamed_output_field_names_both_models(trained, digits):
-    # A PCA server that answers {"embedding": ...} where the classifier
+    # A PCA server that returns {"embedding": ...} where the classifier
     # expects "features".
     import workflow as example
 

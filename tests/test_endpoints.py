@@ -55,10 +55,10 @@ class Doubled:
 
 
 class ScriptedServer:
-    """A model server whose answers follow a script; it counts requests.
+    """A model server whose responses follow a script; it counts requests.
 
-    ``script`` is a list of (status, headers, body) played in order, the last
-    one repeated; ``delay`` seconds pass before each answer.
+    ``script`` is a list of (status, headers, body) returned in order, the last
+    one repeated. Each response waits ``delay`` seconds first.
     """
 
     def __init__(self, script=None, delay: float = 0.0, handler=None) -> None:
@@ -231,7 +231,7 @@ def test_chain_mismatch_found_while_tracing():
 
 
 def test_chain_mismatch_found_at_run_time():
-    # pca declares no response model and answers {"embedding": [...]}.
+    # pca declares no response model and returns {"embedding": [...]}.
     with ScriptedServer(handler=lambda body: {"embedding": [0.5]}) as pca_server, ScriptedServer(
         handler=classifier_answer
     ) as classifier_server:
@@ -318,7 +318,7 @@ def test_cache_key_covers_version_not_timeout():
             Endpoint(server.url, name="pca", version="2"),
         ):
             call_endpoint(endpoint, {"pixels": [16.0]}).result(progress=False)
-        # The second differs only in how it calls and reuses the first answer.
+        # The second differs only in timeout and retries, so it reuses the first response.
         assert server.hits == 2
 
 
