@@ -122,7 +122,7 @@ class JobNotStarted(JobCancelled):
 
 
 class PollPolicy:
-    """How a task polls ``Job.status()``.
+    """Polling schedule of ``Job.status()``: backoff and UNDETERMINED tolerance.
 
     Parameters
     ----------

@@ -76,7 +76,7 @@ class LaunchJob(Job):
     Each ``RunStatus`` maps to a :class:`JobStatus` through
     :meth:`JobStatus.get_job_status_from_run_status`. A failed status query
     counts as UNDETERMINED, which the workflow tolerates for its
-    ``undetermined_timeout``. The output dict holds ``run_id``.
+    ``undetermined_timeout``. The output dict contains ``run_id``.
 
     Examples
     --------
@@ -209,7 +209,7 @@ class TrainJob(LaunchJob):
 class ModelDeployJob(LaunchJob):
     """A deploy job: launches its YAML with ``serving_args.endpoint_name`` set.
 
-    The output dict holds ``run_id``, ``endpoint_id`` (the launch's
+    The output dict contains ``run_id``, ``endpoint_id`` (the launch's
     ``inner_id``) and ``endpoint_name``.
     """
 
@@ -490,6 +490,7 @@ class FedMLExecutor(Executor):
         local = tempfile.mkdtemp(prefix=f"pipedsl-fedml-{safe_name(spec.job.name)}-",
                                  dir=self.workspace_root)
         launch = _Launch(spec, folder, local)
+
         store.fs.makedirs(folder, exist_ok=True)
         store.fs.pipe_file(launch.spec_path, cloudpickle.dumps(spec))
         workspace = os.path.join(local, "workspace")
@@ -505,6 +506,7 @@ class FedMLExecutor(Executor):
                 handle,
                 indent=2,
             )
+
         yaml_path = os.path.join(local, "job.yaml")
         with open(yaml_path, "w", encoding="utf-8") as handle:
             handle.write(self.job_yaml(spec, resources, launch))

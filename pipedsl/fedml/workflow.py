@@ -62,9 +62,9 @@ class Node:
 class Metadata:
     """The graph of a workflow: nodes, dependencies and topological levels.
 
-    ``graph`` maps each node to the set of nodes it depends on;
-    ``topological_order`` is a tuple of sets, each set one level whose nodes
-    depend only on earlier levels (FedML's ``toposort`` output).
+    ``graph`` maps each node to the set of nodes it depends on.
+    ``topological_order`` is a tuple of sets, as FedML's ``toposort`` returns
+    it: the nodes of each set depend only on nodes of earlier sets.
     """
 
     nodes: frozenset[Node]
@@ -211,6 +211,7 @@ class Workflow:
                 f"until must be a function of the workflow output returning a bool, "
                 f"got {_job_types_text(until)}"
             )
+
         self.name = name
         self._loop = bool(loop)
         self.api_key = api_key
@@ -227,6 +228,7 @@ class Workflow:
             "refresh": refresh,
             "progress": progress,
         }
+
         self.jobs: dict[str, AdjacencyList] = {}
         self.input: dict[Any, Any] = {}
         self.iterations = 0
