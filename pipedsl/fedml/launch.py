@@ -78,6 +78,10 @@ class LaunchJob(Job):
     counts as UNDETERMINED, which the workflow tolerates for its
     ``undetermined_timeout``. The output dict contains ``run_id``.
 
+    NOTE: the job's ``input_data_dict`` is not sent to the launched run, and
+    the run's own outputs are not read back. FedML's ``TrainJob`` does both
+    through its cloud storage.
+
     Examples
     --------
     >>> job = LaunchJob("train", "train_job.yaml", api_key=None)
