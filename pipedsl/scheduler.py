@@ -379,6 +379,9 @@ class Scheduler:
         task = self.graph.tasks[key]
 
         if outcome.missing is not None and outcome.missing in self.graph.tasks:
+            # Give up the claim on this key: the task starts again, and claims
+            # it again, once the missing input has been recomputed.
+            INFLIGHT.release(self.store.url, key, None)
             self._rerun_missing(outcome.missing, key, outcome.error)
             return
 
