@@ -34,8 +34,10 @@ import os
 import sys
 import sysconfig
 import textwrap
+import threading
 import types
 import warnings
+import weakref
 from typing import Any
 
 from .hashing import Unfingerprintable, fingerprint
@@ -137,8 +139,33 @@ def _strip_docstring(body: list[ast.stmt]) -> list[ast.stmt]:
     return body
 
 
+# CPython 3.11's ast module can fail with "AST constructor recursion depth
+# mismatch" when threads parse at once, so parsing is serialised; results are
+# memoised per code object (or class), which never changes once created.
+_ast_lock = threading.Lock()
+_source_memo: dict[Any, str | None] = {}
+_class_memo: weakref.WeakKeyDictionary[type, str | None] = weakref.WeakKeyDictionary()
+
+
 def _normalised_source(obj: Any) -> str | None:
     """Return an AST dump of ``obj``'s definition, or None when unreadable."""
+    code = getattr(obj, "__code__", None)
+    memo: Any = _source_memo if code is not None else _class_memo
+    memo_key = code if code is not None else obj
+    with _ast_lock:
+        try:
+            return memo[memo_key]  # type: ignore[no-any-return]
+        except (KeyError, TypeError):
+            pass
+        result = _parse_source(obj)
+        try:
+            memo[memo_key] = result
+        except TypeError:  # an object that cannot be a weak key
+            pass
+        return result
+
+
+def _parse_source(obj: Any) -> str | None:
     try:
         source = textwrap.dedent(inspect.getsource(obj))
         tree = ast.parse(source)
