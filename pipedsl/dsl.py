@@ -113,8 +113,8 @@ class Job(Generic[P, R]):
         if isinstance(retry_on, type):
             retry_on = (retry_on,)
         self.fn = fn
-        self.name = name or getattr(fn, "__qualname__", None) or getattr(fn, "__name__", "job")
-        self.name = self.name.replace("<locals>.", "").replace("<lambda>", "lambda")
+        default = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", "job")
+        self.name: str = str(name or default).replace("<locals>.", "").replace("<lambda>", "lambda")
         self.version = None if version is None else str(version)
         self.cache = cache
         self.retries = retries

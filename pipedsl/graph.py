@@ -130,6 +130,8 @@ class Future(Generic[T]):
     """
 
     __slots__ = ("_task", "_path")
+    _task: Task
+    _path: tuple[tuple[str, Any], ...]
 
     def __init__(self, task: Task, path: tuple[tuple[str, Any], ...] = ()) -> None:
         object.__setattr__(self, "_task", task)
