@@ -35,12 +35,31 @@ def _extend_path(path):
     sys.path[:] = path + [p for p in sys.path if p not in path]
 
 
-@pytest.fixture(params=["inline", "threads", "processes", "dask"])
+@pytest.fixture(scope="session")
+def ray_session():
+    ray = pytest.importorskip("ray")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(sys.path)}},
+        log_to_driver=False,
+    )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(params=["inline", "threads", "processes", "dask", "ray"])
 def executor(request):
     if request.param == "dask":
         from pipedsl.executors.dask import DaskExecutor
 
         return DaskExecutor(request.getfixturevalue("dask_client"))
+    if request.param == "ray":
+        request.getfixturevalue("ray_session")
+        from pipedsl.executors.ray import RayExecutor
+
+        return RayExecutor()
     return request.param
 
 
@@ -135,8 +154,14 @@ def test_retries_then_success_cached(executor, tmp_path):
     assert len(os.listdir(markers)) == 3
 
 
-@pytest.mark.parametrize("name", ["threads", "processes"])
-def test_timeout_fails_run_quickly(name):
+@pytest.mark.parametrize("name", ["threads", "processes", "ray"])
+def test_timeout_fails_run_quickly(name, request):
+    if name == "ray":
+        request.getfixturevalue("ray_session")
+        from pipedsl.executors.ray import RayExecutor
+
+        name = RayExecutor()
+
     @workflow
     def slow() -> int:
         return jobs.too_slow()
@@ -199,6 +224,31 @@ def test_dask_resources_checked(dask_client):
 
     with pytest.raises(ValueError, match="no Dask worker offers it"):
         pipeline(executor=DaskExecutor(dask_client))
+
+
+def test_ray_resources_checked(ray_session):
+    from pipedsl import job
+    from pipedsl.executors.ray import RayExecutor
+
+    @job(resources={"gpus": 1})
+    def needs_gpu() -> int:
+        return 1
+
+    @job(resources={"cpus": 1, "memory": "64MiB"})
+    def modest() -> int:
+        return 2
+
+    @workflow
+    def pipeline() -> int:
+        return needs_gpu()
+
+    @workflow
+    def small() -> int:
+        return modest()
+
+    with pytest.raises(ValueError, match="offers 0"):
+        pipeline(executor=RayExecutor())
+    assert small(executor=RayExecutor()) == 2
 
 
 def test_process_kill_leaves_no_worker():

@@ -25,7 +25,11 @@ class RayExecutor(Executor):
             ) from None
         self._ray = ray
         if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False, ignore_reinit_error=True)
+            # A local instance listens on loopback only.
+            options = {} if address else {"_node_ip_address": "127.0.0.1"}
+            ray.init(
+                address=address, include_dashboard=False, ignore_reinit_error=True, **options
+            )
         self._remote = ray.remote(execute_remote)
         self._refs: dict[int, Any] = {}
 
@@ -70,3 +74,14 @@ class RayExecutor(Executor):
                 f"job {job_name!r} requests {sorted(unknown)}, which the ray executor "
                 "does not map; use cpus, gpus and memory"
             )
+        # Ray would wait forever for resources no node has: say so instead.
+        available = self._ray.cluster_resources()
+        names = {"cpus": "CPU", "gpus": "GPU", "memory": "memory"}
+        for name, amount in resources.items():
+            needed = parse_memory(amount) if name == "memory" else amount
+            offered = available.get(names[name], 0)
+            if offered < needed:
+                raise ValueError(
+                    f"job {job_name!r} requests {name}={amount!r}, but the Ray cluster "
+                    f"offers {offered:g}; add nodes with it or lower the request"
+                )
