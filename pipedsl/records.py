@@ -9,6 +9,9 @@ from typing import Any
 __all__ = ["RunRecord", "TaskRecord"]
 
 
+_LEAF_TYPES = frozenset({str, int, float, bool, type(None)})
+
+
 def _copy_plain(value: Any) -> Any:
     """Copy nested dicts, lists and tuples; like ``dataclasses.asdict`` on them.
 
@@ -17,19 +20,26 @@ def _copy_plain(value: Any) -> Any:
     hold JSON-like values, so copying the containers is enough.
     """
     kind = type(value)
+    if kind in _LEAF_TYPES:
+        return value
     if kind is dict:
-        return {key: _copy_plain(item) for key, item in value.items()}
+        return {
+            key: item if type(item) in _LEAF_TYPES else _copy_plain(item)
+            for key, item in value.items()
+        }
     if kind is list or kind is tuple:
-        return kind(_copy_plain(item) for item in value)
+        return kind(item if type(item) in _LEAF_TYPES else _copy_plain(item) for item in value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
-    if kind in (str, int, float, bool) or value is None:
-        return value
     return copy.deepcopy(value)
 
 
 def _fields_to_dict(record: Any, names: tuple[str, ...]) -> dict[str, Any]:
-    return {name: _copy_plain(getattr(record, name)) for name in names}
+    result = {}
+    for name in names:
+        value = getattr(record, name)
+        result[name] = value if type(value) in _LEAF_TYPES else _copy_plain(value)
+    return result
 
 
 @dataclasses.dataclass
