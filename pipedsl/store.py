@@ -54,7 +54,7 @@ logger = logging.getLogger(__name__)
 
 Manifest = dict[str, Any]
 
-# Part size and parallel parts of uploads and downloads of file artifacts on
+# Part size and parallel parts of multipart uploads of file artifacts to
 # object stores: the bytes in flight are at most their product (64 MiB), so
 # memory stays bounded whatever the file size. S3 needs parts of at least
 # 5 MiB and at most 10,000 of them; s3fs enlarges the part size for files
@@ -352,12 +352,9 @@ class ArtifactStore:
         os.makedirs(folder, exist_ok=True)
         tmp = f"{target}.part-{uuid.uuid4().hex}"
         try:
-            self.fs.get_file(
-                path,
-                tmp,
-                chunksize=TRANSFER_PART_SIZE,
-                max_concurrency=TRANSFER_CONCURRENCY,
-            )
+            # One streamed GET, written as it arrives: memory stays at the
+            # read size. Parallel ranged GETs measured 10x slower against moto.
+            self.fs.get_file(path, tmp, max_concurrency=1)
             if hash_file(tmp)[0] != digest:
                 raise ArtifactMissing(digest, f"download of {path} fails its checksum")
             os.replace(tmp, target)
