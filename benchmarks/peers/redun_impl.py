@@ -50,7 +50,9 @@ def sleeps_flow(count: int, seconds: float) -> int:
 def _scheduler() -> Scheduler:
     os.makedirs(CACHE_DIR, exist_ok=True)
     uri = f"sqlite:///{os.path.join(CACHE_DIR, 'redun.db')}"
-    return Scheduler(config=Config({"backend": {"db_uri": uri}}))
+    scheduler = Scheduler(config=Config({"backend": {"db_uri": uri}}))
+    scheduler.load()
+    return scheduler
 
 
 def chain(n: int):
