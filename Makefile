@@ -32,8 +32,23 @@ docs: $(STAMP)
 	$(PIP) install -q -c constraints.txt -e ".[docs]"
 	$(BIN)/mkdocs build --strict
 
-bench: $(STAMP)
-	$(BIN)/python benchmarks/overhead.py
+# Peers (prefect, redun, flytekit) go into their own venv so that their
+# dependencies never change the project venv. BENCH_ARGS is passed to the
+# script, e.g. `make bench BENCH_ARGS="--systems pipedsl,dask --repeat 1"`.
+BENCH_VENV ?= .bench-venv
+BENCH_STAMP := $(BENCH_VENV)/.installed-bench
+BENCH_ARGS ?= --write-docs docs/benchmarks.md
+FINGERPRINT_ARGS ?= --write-docs docs/benchmarks.md
+
+$(BENCH_STAMP): pyproject.toml benchmarks/requirements.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install -q -e . -r benchmarks/requirements.txt
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/python benchmarks/overhead.py $(BENCH_ARGS)
+	$(BENCH_VENV)/bin/python benchmarks/fingerprint.py $(FINGERPRINT_ARGS)
 
 clean:
 	rm -rf $(VENV) .pipedsl build dist *.egg-info

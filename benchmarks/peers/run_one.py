@@ -60,7 +60,7 @@ def main() -> int:
     parser.add_argument("system", choices=sorted(MODULES))
     parser.add_argument("workload", choices=["chain", "fanout", "sleeps", "trace", "leak"])
     parser.add_argument("n", type=int, help="tasks (chain, fanout), sleeps, or runs (leak)")
-    parser.add_argument("--seconds", type=float, default=0.5, help="length of each sleep")
+    parser.add_argument("--seconds", type=float, default=0.5, help="seconds each sleep task sleeps")
     parser.add_argument(
         "--warmup",
         action="store_true",
