@@ -359,12 +359,11 @@ def _lazy_kind(annotation: Any) -> type | None:
         return Artifact
     if isinstance(annotation, str):
         # Annotations that get_type_hints could not evaluate stay strings.
-        text = annotation.replace(" ", "").rpartition(".")[2]
-        if text == "File":
+        text = annotation.replace(" ", "").strip("'\"")
+        base = text.split("[", 1)[0].rpartition(".")[2]
+        if base == "File" and "[" not in text:
             return File
-        if text == "Artifact" or text.startswith("Artifact["):
-            return Artifact
-        if "Artifact[" in annotation and annotation.split("[", 1)[0].endswith("Artifact"):
+        if base == "Artifact":
             return Artifact
     return None
 

@@ -152,6 +152,9 @@ class ArtifactStore:
         self.download_cache = download_cache or _default_download_cache()
         self.download_cache_size = download_cache_size
         self._lock = threading.Lock()
+        # Local folders this store has created or found, so that a write
+        # skips os.makedirs; _create_temp recreates a folder removed since.
+        self._folders: set[str] = set()
 
     def __repr__(self) -> str:
         return f"ArtifactStore({self.url!r})"
@@ -189,9 +192,7 @@ class ArtifactStore:
         two writers racing there may both write; both write a complete body.
         """
         if self.is_local:
-            folder = os.path.dirname(path)
-            os.makedirs(folder, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+            fd, tmp = self._create_temp(os.path.dirname(path))
             try:
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(data)
@@ -213,6 +214,27 @@ class ArtifactStore:
             return False
         self.fs.pipe_file(path, data)
         return True
+
+    def _create_temp(self, folder: str) -> tuple[int, str]:
+        """Create an empty temporary file in ``folder``; return its fd and path.
+
+        Like ``tempfile.mkstemp`` (mode 0600, ``O_EXCL``), with a random name
+        from ``os.urandom``, which costs less than mkstemp's name generator.
+        """
+        if folder not in self._folders:
+            os.makedirs(folder, exist_ok=True)
+            self._folders.add(folder)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        flags |= getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+        while True:
+            tmp = os.path.join(folder, ".tmp-" + os.urandom(8).hex())
+            try:
+                return os.open(tmp, flags, 0o600), tmp
+            except FileExistsError:
+                continue
+            except FileNotFoundError:
+                # The folder was removed after this store created it.
+                os.makedirs(folder, exist_ok=True)
 
     def _read(self, path: str) -> bytes:
         if self.is_local:
@@ -272,12 +294,24 @@ class ArtifactStore:
         except FileNotFoundError:
             raise ArtifactMissing(key, f"payload {digest} not found at {path}") from None
         if size is not None and len(data) != size:
+            self._discard_corrupt(path)
             raise ArtifactMissing(
                 key, f"payload {path} has {len(data)} bytes, its manifest says {size}"
             )
         if xxhash.xxh3_128_hexdigest(data) != digest:
+            self._discard_corrupt(path)
             raise ArtifactMissing(key, f"payload {path} fails its checksum")
         return data
+
+    def _discard_corrupt(self, path: str) -> None:
+        """Delete a corrupt object so the next write of its digest stores it again.
+
+        Writes skip objects that already exist, so a corrupt one left in place
+        would be reused by every re-run.
+        """
+        logger.warning("removing corrupt object %s from %s", path, self.url)
+        with contextlib.suppress(OSError):
+            self._remove(path)
 
     def put_file_artifact(self, handle: File) -> tuple[str, int]:
         """Upload a File's content in chunks; return its digest and size."""
@@ -356,6 +390,7 @@ class ArtifactStore:
             # read size. Parallel ranged GETs measured 10x slower against moto.
             self.fs.get_file(path, tmp, max_concurrency=1)
             if hash_file(tmp)[0] != digest:
+                self._discard_corrupt(path)
                 raise ArtifactMissing(digest, f"download of {path} fails its checksum")
             os.replace(tmp, target)
         except FileNotFoundError:

@@ -188,6 +188,13 @@ def execute(spec: TaskSpec) -> Outcome:
             started = time.time()
             try:
                 value = job.fn(*args, **kwargs)
+            except ArtifactMissing as exc:
+                # Artifact.load() inside the job found an upstream payload gone
+                # or corrupt: the scheduler re-runs that upstream task.
+                outcome.missing = exc.key
+                outcome.error = exc
+                outcome.ended = time.time()
+                return outcome
             except BaseException as exc:
                 retry = (
                     attempt <= job.retries
