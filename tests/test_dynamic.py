@@ -19,7 +19,7 @@ def dask_client():
 
     cluster = distributed.LocalCluster(
         n_workers=2, threads_per_worker=2, processes=True, host="127.0.0.1",
-        dashboard_address=None,
+        dashboard_address="127.0.0.1:0",
     )  # fmt: skip
     client = distributed.Client(cluster)
     path = list(sys.path)

@@ -204,11 +204,6 @@ def test_cell_dataclass_on_process_executor(tmp_path):
     assert in_kernel is False  # computed in worker processes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="unpickling a result replaces the cell class's generated __repr__ with a "
-    "copy whose closure enters the code version, so the next run misses the cache",
-)
 def test_cell_dataclass_result_is_cached(tmp_path):
     cells = run_cells(
         [

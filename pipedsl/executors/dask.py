@@ -46,7 +46,8 @@ class DaskExecutor(Executor):
                 threads_per_worker=1,
                 processes=True,
                 host="127.0.0.1",
-                dashboard_address=None,
+                # The scheduler's HTTP routes listen on loopback too.
+                dashboard_address="127.0.0.1:0",
             )
             client = Client(cluster)
             self._own = (client, cluster)

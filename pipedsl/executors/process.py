@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import os
 import queue
+import signal
 import sys
 import threading
 from multiprocessing.connection import Connection
@@ -35,6 +36,9 @@ def _worker_main(conn: Connection, path: list[str]) -> None:
     """Loop of a worker process: receive a pickled spec, send the outcome."""
     # The parent's import path, so jobs in the user's modules import here too.
     sys.path[:] = path + [p for p in sys.path if p not in path]
+    # Ctrl-C reaches the whole process group; the parent decides what to
+    # cancel and kills this process if needed.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
         try:
             payload = conn.recv_bytes()
