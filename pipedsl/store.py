@@ -55,12 +55,12 @@ logger = logging.getLogger(__name__)
 Manifest = dict[str, Any]
 
 # Part size and parallel parts of multipart uploads of file artifacts to
-# object stores: the bytes in flight are at most their product (64 MiB), so
+# object stores: the bytes in flight are at most their product (32 MiB), so
 # memory stays bounded whatever the file size. S3 needs parts of at least
 # 5 MiB and at most 10,000 of them; s3fs enlarges the part size for files
 # above 156 GiB to stay under that count.
 TRANSFER_PART_SIZE = 2 * CHUNK_SIZE
-TRANSFER_CONCURRENCY = 4
+TRANSFER_CONCURRENCY = 2
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
 _HEX_DIGEST = re.compile(r"^[0-9a-f]{32}$")
