@@ -65,7 +65,7 @@ def _run_one(
 ) -> dict[str, Any]:
     """Run one measurement in a new interpreter; return its JSON report."""
     env = dict(os.environ, BENCH_CACHE_DIR=cache_dir, BENCH_N=str(n))
-    if warmup and system == "flytekit":
+    if warmup and system == "flytekit" and workload != "sleeps":
         # The warm-up calls the sleep workflow, compiled with this length.
         env["BENCH_SLEEP_SECONDS"] = "0"
     command = [python, RUN_ONE, system, workload, str(n)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 from redun import Scheduler, task
@@ -11,6 +12,10 @@ from redun.config import Config
 redun_namespace = "bench"
 
 CACHE_DIR = os.environ.get("BENCH_CACHE_DIR", ".bench-cache")
+
+# redun walks a chain of 1,000 lazy expressions recursively, past Python's
+# default limit of 1,000 frames.
+sys.setrecursionlimit(20_000)
 
 
 @task()
