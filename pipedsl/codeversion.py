@@ -166,19 +166,28 @@ def _normalised_source(obj: Any) -> str | None:
 
 
 def _parse_source(obj: Any) -> str | None:
+    # The code object's own source and name: inspect.getsource(function)
+    # follows __wrapped__, and functools.wraps copies the target's __name__.
+    code = getattr(obj, "__code__", None)
+    name = code.co_name if code is not None else getattr(obj, "__name__", None)
     try:
-        source = textwrap.dedent(inspect.getsource(obj))
+        source = textwrap.dedent(inspect.getsource(code if code is not None else obj))
         tree = ast.parse(source)
     except (OSError, TypeError, SyntaxError, IndentationError):
         return None
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            if node.name != getattr(obj, "__name__", node.name):
+            if name is not None and node.name != name:
                 continue
             node.decorator_list = []
             node.body = _strip_docstring(node.body)
             return ast.dump(node, annotate_fields=False, include_attributes=False)
-        if isinstance(node, ast.Lambda) and getattr(obj, "__name__", "") == "<lambda>":
+        if isinstance(node, ast.Lambda) and name == "<lambda>":
+            lambdas = [n for n in ast.walk(tree) if isinstance(n, ast.Lambda)]
+            if len(lambdas) > 1:
+                # Several lambdas on the lines getsource returns: the source
+                # cannot tell them apart, their bytecode can.
+                return "lambda-bytecode:" + _code_digest(obj.__code__)
             return ast.dump(node, annotate_fields=False, include_attributes=False)
     return None
 
@@ -247,8 +256,9 @@ class _Walker:
         self.parts: dict[str, str] = {}
         self.volatile: str | None = None
         self._seen: set[int] = set()
+        self._seen_modules: set[tuple[int, int]] = set()
 
-    def function(self, label: str, fn: Any, root: bool = False) -> None:
+    def function(self, label: str, fn: Any, root: bool = False, unwrap: bool = True) -> None:
         from .dsl import Job  # local: dsl imports this module
 
         if isinstance(fn, Job):
@@ -256,10 +266,18 @@ class _Walker:
                 self.parts[label] = f"version={fn.version}"
                 return
             fn = fn.fn
-        fn = inspect.unwrap(fn)
+        # Decorator wrappers (functools.wraps) carry their own code and
+        # closure, e.g. the 2 of @scale(2): they count, then the wrapped function.
+        wrappers = []
+        while unwrap and hasattr(fn, "__wrapped__") and getattr(fn, "__code__", None) is not None:
+            wrappers.append(fn)
+            fn = fn.__wrapped__
         if id(fn) in self._seen:
             return
         self._seen.add(id(fn))
+        label = self._unique(label)
+        for index, wrapper in enumerate(wrappers):
+            self.function(f"{label} decorator {index}", wrapper, root=root, unwrap=False)
 
         module = getattr(fn, "__module__", None) or "builtins"
         code = getattr(fn, "__code__", None)
@@ -287,6 +305,16 @@ class _Walker:
         self._defaults(label, fn)
         self._closure(label, fn, code)
         self._globals(fn, code)
+
+    def _unique(self, label: str) -> str:
+        # Two helpers may share a name (lambdas, functions made by one
+        # factory); a counter keeps their parts apart, in walk order.
+        if label not in self.parts:
+            return label
+        index = 2
+        while f"{label}#{index}" in self.parts:
+            index += 1
+        return f"{label}#{index}"
 
     def _defaults(self, label: str, fn: Any) -> None:
         defaults = (getattr(fn, "__defaults__", None), getattr(fn, "__kwdefaults__", None))
@@ -321,6 +349,8 @@ class _Walker:
             label = f"helper {module}.{qualname}" if not name.startswith("closure") else name
             if isinstance(value, Job) and not name.startswith("closure"):
                 label = f"job {value.name}"
+            if isinstance(value, functools.partial):
+                self.value(f"{label} arguments", (value.args, value.keywords), strict=False)
             self.function(label, target)
             return
         if isinstance(value, type):
@@ -329,12 +359,23 @@ class _Walker:
         if isinstance(value, types.ModuleType):
             self.module(value, code)
             return
+        if isinstance(value, types.MethodType) and isinstance(value.__func__, types.FunctionType):
+            owner = value.__self__ if isinstance(value.__self__, type) else type(value.__self__)
+            if _is_user_module(owner.__module__):
+                # A bound method of the user's class: its class, then its state.
+                self.klass(owner)
+                if not isinstance(value.__self__, type):
+                    self.value(f"global {name} instance", value.__self__, strict=False)
+                return
         if isinstance(value, (types.BuiltinFunctionType, types.MethodType)):
             module = getattr(value, "__module__", None) or "builtins"
             self.parts[f"package {_package_version(module).partition('==')[0]}"] = (
                 _package_version(module)
             )
             return
+        if _is_user_module(type(value).__module__):
+            # An instance of the user's class: its methods are code too.
+            self.klass(type(value))
         label = name if name.startswith("closure") else f"global {name}"
         self.value(label, value, strict=False)
 
@@ -371,16 +412,28 @@ class _Walker:
             )
             source = f"{cls.__qualname__}:{methods!r}"
         self.parts[label] = hashlib.blake2b(source.encode(), digest_size=16).hexdigest()
+        for base in cls.__mro__[1:]:
+            if base is not object:
+                self.klass(base)
         for attr, member in sorted(cls.__dict__.items()):
-            member = getattr(member, "__func__", member)
-            if isinstance(member, types.FunctionType) and not _is_generated(member):
-                code = member.__code__
-                self._seen.add(id(member))
-                self._defaults(f"{label}.{attr}", member)
-                self._closure(f"{label}.{attr}", member, code)
-                self._globals(member, code)
+            if isinstance(member, property):
+                functions = [member.fget, member.fset, member.fdel]
+            else:
+                functions = [getattr(member, "__func__", member)]
+            for function in functions:
+                if isinstance(function, types.FunctionType) and not _is_generated(function):
+                    code = function.__code__
+                    self._seen.add(id(function))
+                    self._defaults(f"{label}.{attr}", function)
+                    self._closure(f"{label}.{attr}", function, code)
+                    self._globals(function, code)
 
     def module(self, module: types.ModuleType, code: types.CodeType | None) -> None:
+        # Each code object may read other attributes of the module.
+        visit = (id(module), id(code))
+        if visit in self._seen_modules:
+            return
+        self._seen_modules.add(visit)
         if not _is_user_module(module.__name__):
             self.parts[f"package {_package_version(module.__name__).partition('==')[0]}"] = (
                 _package_version(module.__name__)
@@ -391,4 +444,4 @@ class _Walker:
             return
         for attr in sorted(_referenced_names(code)):
             if attr in vars(module):
-                self.reference(f"{module.__name__}.{attr}", vars(module)[attr], code=None)
+                self.reference(f"{module.__name__}.{attr}", vars(module)[attr], code=code)

@@ -478,7 +478,7 @@ def _compute_key(task: Task, versions: dict[int, CodeVersion]) -> None:
     for name, value in arguments.items():
         try:
             inputs[name] = fingerprint(value)
-        except Unfingerprintable as exc:
+        except Exception as exc:  # noqa: BLE001 - Unfingerprintable, or a handler failing
             reason = (
                 f"argument {name!r} of job {job.name!r}: {exc}. The task is not "
                 "cached; register a fingerprint to cache it"

@@ -198,7 +198,14 @@ def _bool(fp: Fingerprinter, value: bool) -> None:
 
 
 def _int(fp: Fingerprinter, value: int) -> None:
-    fp.tag("int", str(int(value)))
+    number = int(value)
+    if -(10**18) < number < 10**18:
+        fp.tag("int", str(number))
+    else:
+        # Large ints by their bytes: str() refuses more than 4,300 digits.
+        size = (number.bit_length() + 8) // 8
+        fp.tag("bigint")
+        fp.raw(number.to_bytes(size, "little", signed=True))
 
 
 def _float(fp: Fingerprinter, value: float) -> None:
@@ -213,7 +220,7 @@ def _complex(fp: Fingerprinter, value: complex) -> None:
 
 
 def _str(fp: Fingerprinter, value: str) -> None:
-    fp.tag("str")
+    fp.tag("str" if type(value) is str else f"str:{_type_name(type(value))}")
     fp.raw(value.encode("utf-8", "surrogatepass"))
 
 
@@ -223,9 +230,19 @@ def _bytes(fp: Fingerprinter, value: bytes | bytearray | memoryview) -> None:
     fp.raw(view if view.c_contiguous else view.tobytes())
 
 
+def _container_tag(value: Any) -> str:
+    kind = type(value)
+    if kind in (list, tuple, dict, set, frozenset):
+        return kind.__name__
+    # Subclasses (namedtuple, Counter, defaultdict...) differ from their base
+    # and from each other; a namedtuple also by its field names.
+    fields = getattr(kind, "_fields", None)
+    return f"{_type_name(kind)}{list(fields) if fields is not None else ''}"
+
+
 def _sequence(fp: Fingerprinter, value: list[Any] | tuple[Any, ...]) -> None:
     fp.enter(value)
-    fp.tag(type(value).__name__, str(len(value)))
+    fp.tag(_container_tag(value), str(len(value)))
     for index, item in enumerate(value):
         fp.child(f"[{index}]", item)
     fp.leave(value)
@@ -238,7 +255,7 @@ def _set(fp: Fingerprinter, value: set[Any] | frozenset[Any]) -> None:
         sub._path = [*fp._path, "{...}"]
         sub.update(item)
         digests.append(sub.hexdigest())
-    fp.tag(type(value).__name__, str(len(value)))
+    fp.tag(_container_tag(value), str(len(value)))
     for digest in sorted(digests):
         fp.raw(bytes.fromhex(digest))
 
@@ -253,7 +270,7 @@ def _dict(fp: Fingerprinter, value: dict[Any, Any]) -> None:
         sub._path = [*fp._path, f"[{key!r}]" if isinstance(key, (str, int)) else "[key]"]
         sub.update(key)
         entries.append((sub.hexdigest(), key, item))
-    fp.tag("dict", str(len(value)))
+    fp.tag(_container_tag(value), str(len(value)))
     for digest, key, item in sorted(entries, key=lambda entry: entry[0]):
         fp.raw(bytes.fromhex(digest))
         label = f"[{key!r}]" if isinstance(key, (str, int)) else "[...]"
@@ -324,34 +341,61 @@ _HANDLERS.update(
 def _load_numpy() -> None:
     import numpy as np
 
+    def dtype_text(dtype: Any) -> str:
+        # descr names the fields of structured dtypes, which str hides as |V16.
+        return str(dtype.descr) if dtype.fields is not None else dtype.str
+
     def ndarray(fp: Fingerprinter, value: Any) -> None:
+        if type(value) is not np.ndarray:
+            fp.tag("ndarray-subclass", _type_name(type(value)))
         if value.dtype.hasobject:
             fp.tag("ndarray-object", str(value.shape))
             fp.update(value.tolist())
             return
-        fp.tag("ndarray", f"{value.dtype.str}|{value.shape}")
+        fp.tag("ndarray", f"{dtype_text(value.dtype)}|{value.shape}")
         data = value if value.flags.c_contiguous else np.ascontiguousarray(value)
-        fp.raw(memoryview(data).cast("B"))
+        # A byte view, because datetime64 and some other dtypes have no
+        # buffer format that memoryview can cast.
+        fp.raw(memoryview(data.reshape(-1).view(np.uint8)))
+
+    def masked(fp: Fingerprinter, value: Any) -> None:
+        fp.tag("masked-array")
+        ndarray(fp, np.asarray(value.data))
+        ndarray(fp, np.ma.getmaskarray(value))
+        fp.update(value.fill_value)
 
     def scalar(fp: Fingerprinter, value: Any) -> None:
-        fp.tag("npscalar", value.dtype.str)
+        fp.tag("npscalar", dtype_text(value.dtype))
         fp.raw(value.tobytes())
 
+    def dtype(fp: Fingerprinter, value: Any) -> None:
+        fp.tag("dtype", dtype_text(value))
+
     _HANDLERS[np.ndarray] = ndarray
+    _HANDLERS[np.ma.MaskedArray] = masked
     _HANDLERS[np.generic] = scalar
+    _HANDLERS[np.dtype] = dtype
 
 
 def _load_pandas() -> None:
+    import numpy as np
     import pandas as pd
 
     def values(fp: Fingerprinter, series: Any) -> None:
         fp.tag("dtype", str(series.dtype))
+        if isinstance(series.dtype, pd.CategoricalDtype):
+            # Categories, their order and the codes: str(dtype) is "category".
+            fp.update(bool(series.dtype.ordered))
+            values(fp, pd.Series(series.dtype.categories))
+            fp.update(np.asarray(series.cat.codes))
+            return
         array = series.to_numpy()
         if array.dtype.hasobject:
-            hashed = pd.util.hash_pandas_object(series, index=False).to_numpy()
-            fp.raw(memoryview(hashed).cast("B"))
+            # Element by element, with their types: pandas' own object hashing
+            # goes through str() and makes 1 and "1" equal.
+            fp.update(list(array))
         else:
-            fp.update(array)
+            fp.update(np.ascontiguousarray(array))
 
     def index(fp: Fingerprinter, value: Any) -> None:
         fp.tag("index", type(value).__name__)
@@ -366,6 +410,7 @@ def _load_pandas() -> None:
 
     def frame(fp: Fingerprinter, value: Any) -> None:
         fp.tag("dataframe", str(value.shape))
+        fp.update(value.columns.name)
         fp.update([str(column) for column in value.columns])
         fp.update([type(column).__name__ for column in value.columns])
         index(fp, value.index)

@@ -502,3 +502,100 @@ def test_fingerprint_stable_on_copy(value):
     import copy
 
     assert fingerprint(value) == fingerprint(copy.deepcopy(value))
+
+
+CODE_EDITS = {
+    "decorator argument": (
+        {"deco.py": "import functools\ndef scale(k):\n    def wrap(fn):\n"
+         "        @functools.wraps(fn)\n        def inner(*a):\n"
+         "            return k * fn(*a)\n        return inner\n    return wrap\n"},
+        "from deco import scale\n@job\n@scale(2)\ndef value() -> int:\n    return 1\n",
+        ("@scale(2)", "@scale(3)"), 2, 3,
+    ),
+    "partial arguments": (
+        {},
+        "import functools\ndef mul(a, b):\n    return a * b\n"
+        "half = functools.partial(mul, b=2)\n@job\ndef value() -> int:\n    return half(1)\n",
+        ("b=2", "b=3"), 2, 3,
+    ),
+    "two lambdas on one line": (
+        {},
+        "first, second = (lambda: 1), (lambda: 10)\n"
+        "@job\ndef value() -> int:\n    return first() + second()\n",
+        ("(lambda: 10)", "(lambda: 20)"), 11, 21,
+    ),
+    "factory closures sharing a name": (
+        {},
+        "def make(k):\n    def inner():\n        return k\n    return inner\n"
+        "two = make(2)\nthree = make(3)\n@job\ndef value() -> int:\n    return two() + three()\n",
+        ("two = make(2)", "two = make(5)"), 5, 8,
+    ),
+    "base class method": (
+        {"base.py": "class Base:\n    def k(self):\n        return 1\n"},
+        "from base import Base\nclass Child(Base):\n    pass\n"
+        "@job\ndef value() -> int:\n    return Child().k()\n",
+        None, 1, 2,
+    ),
+    "bound method global": (
+        {"model.py": "class Model:\n    def predict(self):\n        return 1\n"},
+        "from model import Model\npredict = Model().predict\n"
+        "@job\ndef value() -> int:\n    return predict()\n",
+        None, 1, 2,
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(CODE_EDITS))
+def test_code_edit_changes_key(tmp_path, case):
+    files, body, edit, before, after = CODE_EDITS[case]
+    folder = tmp_path / "project"
+    folder.mkdir()
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    source = "from pipedsl import job, workflow\n" + body + (
+        "@workflow\ndef pipeline() -> int:\n    return value()\n"
+    )
+    assert run_module(tmp_path, source)["result"] == before
+    if edit is None:
+        # The edit is in the helper module: 1 becomes 2.
+        for name, text in files.items():
+            (folder / name).write_text(text.replace("return 1", "return 2"))
+        edited = source
+    else:
+        edited = source.replace(*edit)
+    second = run_module(tmp_path, edited)
+    assert second["result"] == after
+    assert second["counts"] == {"done": 1}
+
+
+def test_values_that_once_collided_differ():
+    import collections
+
+    pairs = [
+        (pd.Series([1, "a"], dtype=object), pd.Series(["1", "a"], dtype=object)),
+        (pd.Series([None, 1.0], dtype=object), pd.Series([float("nan"), 1.0], dtype=object)),
+        (np.ma.array([1, 2, 3], mask=[0, 1, 0]), np.ma.array([1, 2, 3], mask=[0, 0, 0])),
+        (
+            np.zeros(2, dtype=[("a", "<i8"), ("b", "<f8")]),
+            np.zeros(2, dtype=[("x", "<i8"), ("y", "<f8")]),
+        ),
+        (
+            pd.Series(pd.Categorical(["a", "b"], categories=["a", "b"], ordered=True)),
+            pd.Series(pd.Categorical(["a", "b"], categories=["b", "a"], ordered=True)),
+        ),
+        (collections.Counter(a=1), {"a": 1}),
+        (collections.namedtuple("P", "x y")(1, 2), collections.namedtuple("P", "a b")(1, 2)),
+    ]
+    for first, second in pairs:
+        assert fingerprint(first) != fingerprint(second), (first, second)
+
+
+def test_datetimes_and_huge_ints_fingerprint():
+    frame = pd.DataFrame({"t": pd.to_datetime(["2020-01-01", "2021-01-01"])})
+    assert fingerprint(frame) != fingerprint(frame.iloc[::-1].reset_index(drop=True))
+    assert fingerprint(np.array(["2020-01-01"], dtype="M8[D]")) != fingerprint(
+        np.array(["2020-01-02"], dtype="M8[D]")
+    )
+    assert fingerprint(10**5000) != fingerprint(10**5000 + 1)
+    assert fingerprint(-(10**30)) != fingerprint(10**30)
