@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import re
 import sys
 import typing
@@ -68,8 +69,8 @@ def parse_duration(value: float | str | None, what: str = "timeout") -> float | 
                 "such as '30s', '10m', '2h' or '7d'"
             )
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
-    if seconds <= 0:
-        raise ValueError(f"{what} must be positive, got {value!r}")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"{what} must be a positive, finite number of seconds, got {value!r}")
     return seconds
 
 
@@ -106,7 +107,8 @@ class Job(Generic[P, R]):
             )
         if not isinstance(retries, int) or retries < 0:
             raise ValueError(f"retries must be a non-negative int, got {retries!r}")
-        if retry_delay < 0 or backoff < 1:
+        finite = math.isfinite(retry_delay) and math.isfinite(backoff)
+        if not finite or retry_delay < 0 or backoff < 1:
             raise ValueError(
                 f"retry_delay must be >= 0 and backoff >= 1, got {retry_delay!r} and {backoff!r}"
             )
@@ -250,6 +252,12 @@ class Workflow(Generic[P, R]):
     def __init__(self, fn: Callable[P, R], *, name: str | None = None, **options: Any) -> None:
         if not callable(fn):
             raise TypeError(f"@workflow needs a function, got {fn!r}")
+        unknown = set(options) - RUN_OPTIONS
+        if unknown:
+            raise TypeError(
+                f"unknown run option(s) {sorted(unknown)} for workflow "
+                f"{getattr(fn, '__qualname__', fn)!r}; valid options: {sorted(RUN_OPTIONS)}"
+            )
         self.fn = fn
         self.name = name or fn.__qualname__.replace("<locals>.", "")
         self.options = options

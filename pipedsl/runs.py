@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import re
 import threading
 import uuid
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -35,6 +36,9 @@ def new_run_id() -> str:
     return f"{stamp}-{uuid.uuid4().hex[:6]}"
 
 
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
 def _options(options: dict[str, Any]) -> dict[str, Any]:
     config = get_config()
     resolved = {
@@ -48,6 +52,15 @@ def _options(options: dict[str, Any]) -> dict[str, Any]:
         "run_id": None,
     }
     resolved.update({k: v for k, v in options.items() if v is not None or k == "progress"})
+    workers = resolved["max_workers"]
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"max_workers must be a positive int, got {workers!r}")
+    run_id = resolved["run_id"]
+    if run_id is not None and not _RUN_ID.match(str(run_id)):
+        raise ValueError(
+            f"invalid run_id {run_id!r}: use letters, digits, '.', '_' and '-' only, "
+            "starting with a letter or digit (at most 128 characters)"
+        )
     if resolved["on_failure"] not in ("stop", "continue"):
         raise ValueError(
             f"on_failure must be 'stop' or 'continue', got {resolved['on_failure']!r}"

@@ -42,7 +42,7 @@ from .executors.base import Executor
 from .graph import Future, Graph, TaskStatus, iter_futures
 from .records import RunRecord, TaskRecord
 from .store import ArtifactStore
-from .worker import NO_VALUE, Outcome, Ref, TaskSpec
+from .worker import NO_VALUE, Outcome, Ref, TaskSpec, load_checked
 
 __all__ = ["Scheduler"]
 
@@ -511,7 +511,7 @@ class Scheduler:
                 from .errors import ArtifactMissing
 
                 raise ArtifactMissing(key, "its manifest is gone")
-            self.values[key] = self.store.load(manifest)
+            self.values[key] = load_checked(self.store, manifest, key)
         return self.values[key]
 
     def _resolve_dynamic(self, key: str, value: Any) -> None:
@@ -649,6 +649,7 @@ class Scheduler:
         now = time.time()
         if status is TaskStatus.RUNNING:
             record.started = now
+            record.cached = False
         elif status is TaskStatus.CACHED:
             record.cached = True
             record.started = record.ended = now

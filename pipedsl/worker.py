@@ -30,7 +30,7 @@ from .artifacts import (
     open_lazy_input,
     wrap_lazy_input,
 )
-from .errors import ArtifactMissing, RemoteTaskError, add_note
+from .errors import ArtifactMissing, RemoteTaskError, SerializationError, add_note
 from .graph import apply_path
 from .store import ArtifactStore
 
@@ -116,7 +116,7 @@ def _resolve_inputs(spec: TaskSpec) -> tuple[tuple[Any, ...], dict[str, Any]]:
             manifest = spec.store.read_manifest(ref.job, ref.key)
             if manifest is None:
                 raise ArtifactMissing(ref.key, "its manifest is gone")
-            loaded[ref.key] = spec.store.load(manifest)
+            loaded[ref.key] = load_checked(spec.store, manifest, ref.key)
         return apply_path(loaded[ref.key], ref.path)
 
     def handle(kind: type, value: Any) -> Any:
@@ -132,6 +132,18 @@ def _resolve_inputs(spec: TaskSpec) -> tuple[tuple[Any, ...], dict[str, Any]]:
     args = tuple(_substitute_refs(a, load) for a in args)
     kwargs = {k: _substitute_refs(v, load) for k, v in kwargs.items()}
     return args, kwargs
+
+
+def load_checked(store: ArtifactStore, manifest: dict[str, Any], key: str) -> Any:
+    """Load a manifest's value; an unusable manifest raises ArtifactMissing."""
+    try:
+        return store.load(manifest)
+    except ArtifactMissing:
+        raise
+    except (KeyError, TypeError, ValueError, SerializationError) as exc:
+        # A manifest without its fields, or naming an unknown serializer: the
+        # task that wrote it runs again.
+        raise ArtifactMissing(key, f"its manifest is unusable ({type(exc).__name__}: {exc})") from exc
 
 
 def _substitute_refs(value: Any, load: Any) -> Any:
@@ -164,6 +176,17 @@ def _portable(exc: BaseException, text: str) -> BaseException:
             f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), text
         )
         return replacement
+
+
+def _returns_futures(value: Any) -> bool:
+    from .graph import Future, iter_futures
+
+    if type(value) is Future:
+        return True
+    # Look inside small containers only, so large outputs cost nothing extra.
+    if type(value) in (list, tuple, dict, set) and len(value) <= 256:
+        return next(iter_futures(value), None) is not None
+    return False
 
 
 def execute(spec: TaskSpec) -> Outcome:
@@ -227,6 +250,14 @@ def execute(spec: TaskSpec) -> Outcome:
             break
 
         outcome.attempts.append({"attempt": attempt, "started": started, "ended": time.time()})
+        if not job.dynamic and _returns_futures(value):
+            outcome.error = TypeError(
+                f"job {job.name!r} returned futures of other jobs; mark it "
+                "@job(dynamic=True) so that the scheduler runs them, or call .fn(...) "
+                "inside it to compute values directly"
+            )
+            outcome.ended = time.time()
+            return outcome
         manifest = None
         if spec.save:
             manifest = spec.store.save(
