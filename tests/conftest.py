@@ -42,6 +42,26 @@ def _isolated_config(tmp_path, monkeypatch):
     vars(config).update(saved)
 
 
+def _extend_path(path):
+    sys.path[:] = path + [p for p in sys.path if p not in path]
+
+
+@pytest.fixture(scope="session")
+def dask_client():
+    """A real Dask LocalCluster: two worker processes on 127.0.0.1."""
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=2, processes=True, host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
+    )  # fmt: skip
+    client = distributed.Client(cluster)
+    # Workers import the test modules the way the test session does.
+    client.run(_extend_path, list(sys.path))
+    yield client
+    client.close()
+    cluster.close()
+
+
 @pytest.fixture
 def store(tmp_path):
     return pipedsl.ArtifactStore(str(tmp_path / "store"))

@@ -12,23 +12,6 @@ from pipedsl import MapResult, TaskTimeout, job, workflow
 import jobs_for_dynamic as jobs
 
 
-@pytest.fixture(scope="module")
-def dask_client():
-    distributed = pytest.importorskip("distributed")
-    import sys
-
-    cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=2, processes=True, host="127.0.0.1",
-        dashboard_address="127.0.0.1:0",
-    )  # fmt: skip
-    client = distributed.Client(cluster)
-    path = list(sys.path)
-    client.run(lambda: sys.path.__setitem__(slice(None), path + [p for p in sys.path if p not in path]))
-    yield client
-    client.close()
-    cluster.close()
-
-
 @pytest.fixture(params=["threads", "processes", "dask"])
 def executor(request):
     if request.param == "dask":

@@ -18,24 +18,6 @@ from conftest import ROOT
 
 
 @pytest.fixture(scope="session")
-def dask_client():
-    distributed = pytest.importorskip("distributed")
-    cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=2, processes=True, host="127.0.0.1",
-        dashboard_address="127.0.0.1:0",
-    )  # fmt: skip
-    client = distributed.Client(cluster)
-    client.run(_extend_path, list(sys.path))
-    yield client
-    client.close()
-    cluster.close()
-
-
-def _extend_path(path):
-    sys.path[:] = path + [p for p in sys.path if p not in path]
-
-
-@pytest.fixture(scope="session")
 def ray_session():
     ray = pytest.importorskip("ray")
     ray.init(
