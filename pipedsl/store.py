@@ -149,6 +149,11 @@ class ArtifactStore:
             self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
         )
         self.is_local = "file" in protocols or "local" in protocols
+        if self.is_local and os.path.exists(self.root) and not os.path.isdir(self.root):
+            raise StoreError(
+                f"artifact store path {self.root!r} is a file, not a folder; point "
+                "the store at a folder (configure(store=...) or PIPEDSL_STORE)"
+            )
         self.download_cache = download_cache or _default_download_cache()
         self.download_cache_size = download_cache_size
         self._lock = threading.Lock()

@@ -151,3 +151,10 @@ def test_rerun_task_record_not_marked_cached():
     record = run.tasks[0]
     assert record.status == "done"
     assert record.cached is False
+
+
+def test_store_path_that_is_a_file_rejected(tmp_path):
+    target = tmp_path / "not-a-folder"
+    target.write_text("x")
+    with pytest.raises(pipedsl.StoreError, match="is a file, not a folder"):
+        single.run(store=str(target))
