@@ -136,6 +136,10 @@ class Scheduler:
             collections.deque
         )
         self._listings: dict[str, set[str]] = {}
+        # Keys another process computes: key -> (next check time, delay).
+        self.external: dict[str, tuple[float, float]] = {}
+        # Keys whose lease this run holds, released when they end.
+        self.leased: set[str] = set()
 
         self.record = RunRecord(
             run_id=run_id,
@@ -232,6 +236,7 @@ class Scheduler:
                 not self.running
                 and not self.shared
                 and not self.dynamic_pending
+                and not self.external
                 and (self.stopping or not self.ready)
             ):
                 if self.stopping or not self._load_outputs():
@@ -244,6 +249,9 @@ class Scheduler:
         timeout = max(0.0, self._last_flush + self.record_interval - now)
         if self.deadlines:
             timeout = min(timeout, max(0.0, self.deadlines[0][0] - now))
+        if self.external:
+            next_check = min(check for check, _ in self.external.values())
+            timeout = min(timeout, max(0.0, next_check - now))
         try:
             event = self.events.get(timeout=timeout)
         except queue.Empty:
@@ -257,6 +265,8 @@ class Scheduler:
                 except queue.Empty:
                     break
         self._check_deadlines()
+        if self.external:
+            self._check_external()
         if time.time() - self._last_flush >= self.record_interval:
             if self.store.kill_requested(self.run_id):
                 self._handle(("kill",))
@@ -281,7 +291,8 @@ class Scheduler:
             self.shared.discard(key)
             outcome = future.result()
             if outcome is not None and outcome.ok:
-                self.values[key] = outcome.value
+                if outcome.value is not NO_VALUE:
+                    self.values[key] = outcome.value
                 self.manifests[key] = outcome.manifest
                 self._set(key, TaskStatus.CACHED)
                 self._finish(key)
@@ -309,6 +320,20 @@ class Scheduler:
                 self._set(key, TaskStatus.RUNNING)
                 owner.add_done_callback(lambda f, k=key: self.events.put(("shared", k, f)))
                 return
+        self._submit(key)
+
+    def _submit(self, key: str) -> None:
+        """Take the key's lease (cacheable tasks) and hand the task to the executor."""
+        task = self.graph.tasks[key]
+        cacheable = task.info is not None and task.info.cacheable
+        if cacheable and key not in self.leased and not self.store.acquire_lease(key):
+            # Another process computes this key: look for its manifest, with
+            # backoff, instead of computing it a second time.
+            self._set(key, TaskStatus.RUNNING)
+            self.external[key] = (time.time() + 0.05, 0.05)
+            return
+        if cacheable and self.store.is_local:
+            self.leased.add(key)
 
         has_refs = False
 
@@ -382,6 +407,9 @@ class Scheduler:
             # Give up the claim on this key: the task starts again, and claims
             # it again, once the missing input has been recomputed.
             INFLIGHT.release(self.store.url, key, None)
+            if key in self.leased:
+                self.leased.discard(key)
+                self.store.release_lease(key)
             self._rerun_missing(outcome.missing, key, outcome.error)
             return
 
@@ -580,6 +608,35 @@ class Scheduler:
             if self.deps_left[dependent] == 0 and self.status[dependent] is TaskStatus.PENDING:
                 self.ready.append(dependent)
 
+    def _check_external(self) -> None:
+        if self.stopping:
+            for key in self.external:
+                self._set(key, TaskStatus.CANCELLED)
+                INFLIGHT.release(self.store.url, key, None)
+            self.external.clear()
+            return
+        now = time.time()
+        for key, (check, delay) in list(self.external.items()):
+            if check > now:
+                continue
+            task = self.graph.tasks[key]
+            manifest = self.store.read_manifest(task.job.name, key)
+            if manifest is not None:
+                del self.external[key]
+                self.manifests[key] = manifest
+                INFLIGHT.release(self.store.url, key, Outcome(key, ok=True, manifest=manifest))
+                self.hits.add(key)
+                self._set(key, TaskStatus.CACHED)
+                self._finish(key)
+            elif not self.store.lease_held(key):
+                # The other process ended without a result: compute it here.
+                del self.external[key]
+                self.status[key] = TaskStatus.PENDING
+                self._submit(key)
+            else:
+                delay = min(delay * 1.5, 1.0)
+                self.external[key] = (now + delay, delay)
+
     def _check_deadlines(self) -> None:
         now = time.time()
         while self.deadlines and self.deadlines[0][0] <= now:
@@ -610,6 +667,10 @@ class Scheduler:
         for key in self.shared:
             self._set(key, TaskStatus.CANCELLED)
         self.shared.clear()
+        for key in self.external:
+            self._set(key, TaskStatus.CANCELLED)
+            INFLIGHT.release(self.store.url, key, None)
+        self.external.clear()
 
     # -- outputs ---------------------------------------------------------------------
 
@@ -655,6 +716,9 @@ class Scheduler:
             record.started = record.ended = now
         elif status.terminal and record.ended is None:
             record.ended = now
+        if status.terminal and key in self.leased:
+            self.leased.discard(key)
+            self.store.release_lease(key)
         if logger.isEnabledFor(logging.INFO):
             duration = record.duration
             logger.info(

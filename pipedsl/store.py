@@ -241,6 +241,72 @@ class ArtifactStore:
                 # The folder was removed after this store created it.
                 os.makedirs(folder, exist_ok=True)
 
+    # -- leases: one process computes a key at a time (local stores) -------------
+
+    def lease_path(self, key: str) -> str:
+        return self._path("leases", key.rpartition("-")[2] + ".lease")
+
+    def acquire_lease(self, key: str, stale_after: float = 24 * 3600.0) -> bool:
+        """Try to become the one process computing ``key``; True on success.
+
+        Only local stores have leases (a file created with ``O_EXCL``); on
+        object stores this always succeeds. A lease whose process is gone,
+        or older than ``stale_after`` seconds, is broken and taken over.
+        """
+        if not self.is_local:
+            return True
+        path = self.lease_path(key)
+        body = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()})
+        for _ in range(2):
+            folder = os.path.dirname(path)
+            if folder not in self._folders:
+                os.makedirs(folder, exist_ok=True)
+                self._folders.add(folder)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                if not self._lease_is_stale(path, stale_after):
+                    return False
+                logger.warning("breaking the stale lease %s", path)
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w") as handle:
+                handle.write(body)
+            return True
+        return False
+
+    def _lease_is_stale(self, path: str, stale_after: float) -> bool:
+        try:
+            with open(path) as handle:
+                owner = json.loads(handle.read() or "{}")
+        except (FileNotFoundError, json.JSONDecodeError):
+            # Gone, or being written right now: look again next time.
+            return False
+        if time.time() - float(owner.get("time", 0)) > stale_after:
+            return True
+        if owner.get("host") != socket.gethostname():
+            return False
+        try:
+            os.kill(int(owner.get("pid", 0)), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, ValueError):
+            return False
+        return False
+
+    def release_lease(self, key: str) -> None:
+        if self.is_local:
+            try:
+                os.unlink(self.lease_path(key))
+            except FileNotFoundError:
+                pass
+
+    def lease_held(self, key: str) -> bool:
+        return self.is_local and os.path.exists(self.lease_path(key))
+
     def _read(self, path: str) -> bytes:
         if self.is_local:
             with open(path, "rb") as handle:
