@@ -149,6 +149,10 @@ def _configure_logging(verbose: int, quiet: int) -> None:
         stream=sys.stderr,
     )
     logging.getLogger("pipedsl").setLevel(level)
+    # Dask sets its own loggers to INFO with their own handlers; keep them to
+    # warnings unless -vv asks for everything.
+    for name in ("distributed", "ray"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose >= 2 else max(level, logging.WARNING))
 
 
 # -- lazy subcommands -----------------------------------------------------------------

@@ -99,6 +99,9 @@ class Run(Generic[R]):
         self.graph = scheduler.graph
         self.store = scheduler.store
         self._thread: threading.Thread | None = None
+        # Set once the executor is shut down too, so a caller that exits right
+        # after result() does not cut a cluster's shutdown short.
+        self._ended = threading.Event()
         self._value: Any = None
         self._resolved = False
 
@@ -116,8 +119,11 @@ class Run(Generic[R]):
                 self._scheduler.executor.shutdown()
             from .worker import RUN_END_CALLBACKS
 
-            for callback in RUN_END_CALLBACKS.pop(self.run_id, []):
-                callback()
+            try:
+                for callback in RUN_END_CALLBACKS.pop(self.run_id, []):
+                    callback()
+            finally:
+                self._ended.set()
 
     def __repr__(self) -> str:
         return f"<Run {self.run_id} {self.graph.name!r} {self.status}>"
@@ -128,7 +134,7 @@ class Run(Generic[R]):
         return self._scheduler.record.status if self.done() else "running"
 
     def done(self) -> bool:
-        return self._scheduler.finished.is_set()
+        return self._ended.is_set()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the run ends or ``timeout`` seconds pass; True if it ended.
@@ -136,10 +142,10 @@ class Run(Generic[R]):
         Ctrl-C while waiting kills the run.
         """
         try:
-            return self._scheduler.finished.wait(timeout)
+            return self._ended.wait(timeout)
         except KeyboardInterrupt:
             self.kill()
-            self._scheduler.finished.wait(10)
+            self._ended.wait(10)
             raise
 
     def kill(self) -> None:

@@ -84,3 +84,45 @@ def test_ctrl_c_cancels_run_and_workers(tmp_path):
     assert "interrupted cancelled" in output
     time.sleep(1)
     assert [p for p in pids if os.path.exists(f"/proc/{p}")] == []
+
+
+NO_GUARD = """
+from pipedsl import job, workflow
+
+def helper(x):
+    return x + 1
+
+@job
+def step(x: int) -> int:
+    return helper(x) * 2
+
+@workflow
+def pipeline(x: int = 1) -> int:
+    return step(x)
+
+print("value", pipeline(executor="processes", store=STORE, progress=False))
+"""
+
+
+def test_script_without_main_guard_on_processes(tmp_path):
+    script = tmp_path / "noguard.py"
+    script.write_text(NO_GUARD.replace("STORE", repr(str(tmp_path / "store"))))
+    done = run_script(str(script), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("value 4") == 1
+
+
+def test_script_and_cli_share_cache_entries(tmp_path):
+    script = tmp_path / "shared.py"
+    script.write_text(NO_GUARD.replace("STORE", repr(str(tmp_path / "store")))
+                      .replace('executor="processes"', 'executor="threads"'))  # fmt: skip
+    first = run_script(str(script), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    cli = subprocess.run(
+        [sys.executable, "-m", "pipedsl", "--store", str(tmp_path / "store"), "run",
+         f"{script}:pipeline"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    assert "0 executed, 1 cached" in cli.stdout + cli.stderr

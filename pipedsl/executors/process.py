@@ -59,14 +59,39 @@ def _worker_main(conn: Connection, path: list[str]) -> None:
         conn.send_bytes(data)
 
 
+_start_lock = threading.Lock()
+
+
+def _preparation_without_main(original: Any) -> Any:
+    def prepare(name: str) -> dict[str, Any]:
+        data = original(name)
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+        return data  # type: ignore[no-any-return]
+
+    return prepare
+
+
 class _Worker:
     def __init__(self, context: Any) -> None:
+        import multiprocessing.spawn as spawn
+
         parent, child = context.Pipe()
         self.conn = parent
         self.process = context.Process(
             target=_worker_main, args=(child, list(sys.path)), daemon=True
         )
-        self.process.start()
+        # Spawned and fork-server children import the parent's __main__ before
+        # running anything; a script that runs a workflow at module level
+        # would then run it again in every worker and deadlock. Workers never
+        # need __main__: specs carry its functions and classes by value.
+        with _start_lock:
+            original = spawn.get_preparation_data
+            spawn.get_preparation_data = _preparation_without_main(original)
+            try:
+                self.process.start()
+            finally:
+                spawn.get_preparation_data = original
         child.close()
         self.future: concurrent.futures.Future[Any] | None = None
 
@@ -91,6 +116,9 @@ class ProcessExecutor(Executor):
         if start_method is None:
             start_method = "forkserver" if sys.platform.startswith("linux") else "spawn"
         self._context = multiprocessing.get_context(start_method)
+        if start_method == "forkserver":
+            # The fork server would otherwise import the script's __main__ too.
+            self._context.set_forkserver_preload(["pipedsl.worker"])
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._workers: list[_Worker] = []
@@ -119,7 +147,19 @@ class ProcessExecutor(Executor):
             if not future.set_running_or_notify_cancel():
                 continue
             if worker is None or not worker.process.is_alive():
-                worker = _Worker(self._context)
+                try:
+                    worker = _Worker(self._context)
+                except Exception as exc:  # noqa: BLE001 - reported via the future
+                    worker = None
+                    future.set_exception(
+                        RunError(
+                            f"could not start a worker process ({exc}). A script that "
+                            "runs a workflow on the process executor must call it under "
+                            "`if __name__ == \"__main__\":`, because worker processes "
+                            "import the script's main module"
+                        )
+                    )
+                    continue
                 with self._lock:
                     self._workers.append(worker)
             worker.future = future
