@@ -8,6 +8,7 @@ imports the scheduler at import time: tracing and running stay apart.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
 import math
@@ -315,7 +316,12 @@ class Workflow(Generic[P, R]):
         try:
             self._signature.bind(*args, **kwargs)
         except TypeError as exc:
-            raise TypeError(f"invalid call of workflow {self.name!r}: {exc}") from None
+            hint = ""
+            for name in kwargs:
+                close = difflib.get_close_matches(name, sorted(RUN_OPTIONS), n=1)
+                if name not in self._signature.parameters and close:
+                    hint = f"; did you mean the run option {close[0]!r}?"
+            raise TypeError(f"invalid call of workflow {self.name!r}: {exc}{hint}") from None
 
     def trace(self, *args: P.args, **kwargs: P.kwargs) -> Graph:
         """Trace the workflow into a :class:`Graph` without running anything."""

@@ -28,10 +28,18 @@ def _describe_part(name: str) -> str:
     if name.startswith("closure"):
         return f"closure value {name.split()[-1]}"
     if name.startswith("package "):
-        return f"package {name[8:]} version"
+        return f"the version of package {name[8:]}"
     if name.startswith("job "):
         return f"job {name[4:]} called inside it"
     return name
+
+
+def _distance(manifest: dict[str, Any], code_parts: dict[str, str], inputs: dict[str, str]) -> int:
+    old_parts = manifest.get("code_parts", {})
+    old_inputs = manifest.get("inputs", {})
+    changed = sum(1 for n in set(code_parts) | set(old_parts) if code_parts.get(n) != old_parts.get(n))
+    changed += sum(1 for n in set(inputs) | set(old_inputs) if inputs.get(n) != old_inputs.get(n))
+    return changed
 
 
 def explain_task(
@@ -48,19 +56,26 @@ def explain_task(
     """Return one sentence saying why task ``key`` was not taken from the cache."""
     if not_cached_because:
         return f"{job}: not cacheable: {not_cached_because}"
+    # Compare with the stored entry of the same job that differs least: a
+    # job called with several arguments (train("logreg"), train("forest"))
+    # has several entries, and the closest one names what really changed.
     previous: dict[str, Any] | None = None
+    best: tuple[int, float] | None = None
     for manifest in store.iter_manifests(job):
         if manifest.get("key") == key or manifest.get("run_id") == exclude_run:
             continue
-        if previous is None or manifest.get("created", 0) > previous.get("created", 0):
-            previous = manifest
+        rank = (_distance(manifest, code_parts, inputs), -float(manifest.get("created", 0)))
+        if best is None or rank < best:
+            best, previous = rank, manifest
     if previous is None:
         return f"{job}: no earlier entry of this job in the store"
 
     changes: list[str] = []
     old_parts = previous.get("code_parts", {})
     for name in sorted(set(code_parts) | set(old_parts)):
-        if name not in old_parts:
+        if name not in old_parts and name.startswith("package "):
+            changes.append(f"it now calls package {name[8:]} ({code_parts[name]})")
+        elif name not in old_parts:
             changes.append(f"{_describe_part(name)} is new")
         elif name not in code_parts:
             changes.append(f"{_describe_part(name)} is no longer used")

@@ -233,8 +233,18 @@ class Future(Generic[T]):
         return run_graph(graph, options).result()  # type: ignore[no-any-return]
 
 
+_COMPARISONS = {"__lt__": "<", "__le__": "<=", "__gt__": ">", "__ge__": ">="}
+
+
 def _fail_operator(name: str) -> Any:
     def method(self: Future[Any], *args: Any) -> Any:
+        if name in _COMPARISONS:
+            raise _misuse(
+                self,
+                f"Comparing ({_COMPARISONS[name]})",
+                "Compare inside a job that returns a bool, and branch on it with "
+                "pipedsl.when(condition, then=..., otherwise=...).",
+            )
         raise _misuse(
             self,
             f"Applying {name} to",

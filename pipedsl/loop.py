@@ -81,7 +81,9 @@ class LoopRun:
         self.workflow = workflow
         self.runs: list[Run[Any]] = []
         self.outputs: list[Any] = []
-        self.interval = parse_duration(options.pop("interval", None), "interval") or 0.0
+        interval = options.pop("interval", None)
+        zero = interval in (0, "0", "0s") and not isinstance(interval, bool)
+        self.interval = 0.0 if zero else parse_duration(interval, "interval") or 0.0
         self.max_iterations = options.pop("max_iterations", None)
         self.until = options.pop("until", None)
         self.feed = options.pop("feed", None)

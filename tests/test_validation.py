@@ -158,3 +158,37 @@ def test_store_path_that_is_a_file_rejected(tmp_path):
     target.write_text("x")
     with pytest.raises(pipedsl.StoreError, match="is a file, not a folder"):
         single.run(store=str(target))
+
+
+def test_option_typo_suggests_option():
+    with pytest.raises(TypeError, match="did you mean the run option 'max_workers'"):
+        single.run(max_worker=2)
+
+
+def test_comparison_on_future_points_to_when():
+    with pytest.raises(TypeError, match="pipedsl.when"):
+        one() > 2
+
+
+def test_loop_interval_zero_allowed():
+    handle = single.run(loop=True, interval="0s", max_iterations=2)
+    assert handle.result() == 1
+    assert len(handle.runs) == 2
+
+
+def test_explain_compares_with_closest_entry():
+    @job
+    def train(kind: str, seed: int) -> str:
+        return f"{kind}-{seed}"
+
+    @workflow
+    def pipeline(seed: int) -> list:
+        return [train("logreg", seed), train("forest", seed)]
+
+    pipeline(1)
+    run = pipeline.run(2)
+    lines = run.explain()
+    assert len(lines) == 2
+    for line in lines:
+        assert "argument 'seed' changed" in line
+        assert "'kind'" not in line
