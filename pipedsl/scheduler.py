@@ -103,6 +103,7 @@ class Scheduler:
         self.refresh = refresh
         self.on_failure = on_failure
         self.record_interval = record_interval
+        self._base_interval = record_interval
         self.capacity = max_workers or executor.capacity or 0
 
         tasks = graph.tasks
@@ -732,11 +733,15 @@ class Scheduler:
             self._progress.update(status)
 
     def _flush(self, force: bool = False) -> None:
-        self._last_flush = time.time()
+        started = time.time()
         try:
             self.store.write_record(self.run_id, self.record.to_dict())
         except Exception as exc:  # noqa: BLE001 - a record write must not fail the run
             logger.warning("could not write run record %s: %s", self.run_id, exc)
+        self._last_flush = time.time()
+        # Large records (10,000 tasks take about 0.1 s to write) are written
+        # less often, so periodic writes stay under about 5 % of the run.
+        self.record_interval = max(self._base_interval, 20 * (self._last_flush - started))
 
     def _close(self) -> None:
         for key, status in self.status.items():
