@@ -17,6 +17,17 @@ dependent has started. A dependent of a cached task receives a :class:`Ref`
 and loads the value where it runs. If that payload turns out to be missing
 or corrupt, the cached task runs again and its dependents wait for it.
 
+One computation per key: runs in one process share a running task through an
+in-process registry, and runs in several processes on one local store take a
+lease file per key first; a run that finds the lease taken waits for the
+other's manifest.
+NOTE: object stores (S3) have no leases, so two machines may both compute a
+key; both then write the same complete artifact.
+
+Dynamic tasks (``@job(dynamic=True)``, ``map`` over a future, ``when``)
+return futures; their tasks join the graph while it runs, and the dynamic
+task finishes with their resolved value.
+
 Failures: with ``on_failure="stop"`` nothing new starts after a failure,
 running tasks finish, dependents of the failed task are ``skipped`` and the
 others ``cancelled``. With ``"continue"``, every branch that does not depend
