@@ -488,7 +488,9 @@ def _compute_key(task: Task, versions: dict[int, CodeVersion]) -> None:
     for name, value in arguments.items():
         try:
             inputs[name] = fingerprint(value)
-        except Exception as exc:  # noqa: BLE001 - Unfingerprintable, or a handler failing
+        except (Unfingerprintable, TypeError, ValueError, OverflowError) as exc:
+            # A handler failing on an odd value (an unhashable cell in an
+            # object column) means no fingerprint, not a failed trace.
             reason = (
                 f"argument {name!r} of job {job.name!r}: {exc}. The task is not "
                 "cached; register a fingerprint to cache it"

@@ -54,14 +54,20 @@ def pipeline() -> list:
 if __name__ == "__main__":
     from pipedsl.executors.process import shared_process_executor
     executor = shared_process_executor(2)
-    run = pipeline.submit(executor=executor, store=sys.argv[1], progress=False)
-    while len(executor._workers) < 2:
-        time.sleep(0.05)
-    print(" ".join(str(w.process.pid) for w in executor._workers), flush=True)
+    run = None
     try:
+        run = pipeline.submit(executor=executor, store=sys.argv[1], progress=False)
+        while len(executor._workers) < 2:
+            time.sleep(0.05)
+        print(" ".join(str(w.process.pid) for w in executor._workers), flush=True)
         run.result()
     except KeyboardInterrupt:
-        print("interrupted", run.status, flush=True)
+        # Ctrl-C may land before result() waits; kill the run the way
+        # result() does, so the test sees the same outcome either way.
+        if run is not None and not run.done():
+            run.kill()
+            run.wait(10)
+        print("interrupted", run.status if run else "not started", flush=True)
         raise SystemExit(130)
 """
 
