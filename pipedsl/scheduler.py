@@ -18,11 +18,11 @@ and loads the value where it runs. If that payload turns out to be missing
 or corrupt, the cached task runs again and its dependents wait for it.
 
 One computation per key: runs in one process share a running task through an
-in-process registry, and runs in several processes on one local store take a
-lease file per key first; a run that finds the lease taken waits for the
-other's manifest.
-NOTE: object stores (S3) have no leases, so two machines may both compute a
-key; both then write the same complete artifact.
+in-process registry. On a local store, each run also announces the keys it
+will compute (one file per run); a later run waits for the manifests of keys
+an earlier, still running process announced, instead of computing them too.
+NOTE: object stores (S3) have no announcements, so two machines may both
+compute a key; both then write the same complete artifact.
 
 Dynamic tasks (``@job(dynamic=True)``, ``map`` over a future, ``when``)
 return futures; their tasks join the graph while it runs, and the dynamic
@@ -148,10 +148,11 @@ class Scheduler:
             collections.deque
         )
         self._listings: dict[str, set[str]] = {}
+        self._announced = False
         # Keys another process computes: key -> (next check time, delay).
         self.external: dict[str, tuple[float, float]] = {}
-        # Keys whose lease this run holds, released when they end.
-        self.leased: set[str] = set()
+        # Key digests announced by earlier runs still running: digest -> run id.
+        self.claimed: dict[str, str] = {}
 
         self.record = RunRecord(
             run_id=run_id,
@@ -217,9 +218,27 @@ class Scheduler:
             for job, keys in by_job.items():
                 stored = self._listing(job)
                 self.hits.update(k for k in keys if k.rpartition("-")[2] in stored)
+        self._announce()
         for key in self.graph.tasks:
             if self.deps_left[key] == 0:
                 self.ready.append(key)
+
+    def _announce(self) -> None:
+        planned = [
+            key for key, task in self.graph.tasks.items()
+            if task.info is not None and task.info.cacheable and key not in self.hits
+        ]  # fmt: skip
+        if not planned or not self.store.is_local:
+            return
+        announced = self.store.announce_run(self.run_id, planned)
+        self._announced = True
+        # Only runs announced earlier are waited for (ties broken by run id),
+        # so two runs never wait for each other.
+        mine = (announced, self.run_id)
+        for run_id, (when, digests) in sorted(self.store.active_runs().items()):
+            if (when, run_id) < mine:
+                for digest in digests:
+                    self.claimed.setdefault(digest, run_id)
 
     def _listing(self, job: str) -> set[str]:
         if job not in self._listings:
@@ -335,17 +354,15 @@ class Scheduler:
         self._submit(key)
 
     def _submit(self, key: str) -> None:
-        """Take the key's lease (cacheable tasks) and hand the task to the executor."""
+        """Hand the task to the executor, unless another process computes it."""
         task = self.graph.tasks[key]
         cacheable = task.info is not None and task.info.cacheable
-        if cacheable and key not in self.leased and not self.store.acquire_lease(key):
-            # Another process computes this key: look for its manifest, with
-            # backoff, instead of computing it a second time.
+        if key.rpartition("-")[2] in self.claimed:
+            # An earlier run in another process announced this key: look for
+            # its manifest, with backoff, instead of computing it a second time.
             self._set(key, TaskStatus.RUNNING)
             self.external[key] = (time.time() + 0.05, 0.05)
             return
-        if cacheable and self.store.is_local:
-            self.leased.add(key)
 
         has_refs = False
 
@@ -419,9 +436,6 @@ class Scheduler:
             # Give up the claim on this key: the task starts again, and claims
             # it again, once the missing input has been recomputed.
             INFLIGHT.release(self.store.url, key, None)
-            if key in self.leased:
-                self.leased.discard(key)
-                self.store.release_lease(key)
             self._rerun_missing(outcome.missing, key, outcome.error)
             return
 
@@ -640,9 +654,10 @@ class Scheduler:
                 self.hits.add(key)
                 self._set(key, TaskStatus.CACHED)
                 self._finish(key)
-            elif not self.store.lease_held(key):
-                # The other process ended without a result: compute it here.
+            elif self.claimed.get(key.rpartition("-")[2]) not in self.store.active_runs():
+                # The other run ended without a result: compute it here.
                 del self.external[key]
+                self.claimed.pop(key.rpartition("-")[2], None)
                 self.status[key] = TaskStatus.PENDING
                 self._submit(key)
             else:
@@ -728,9 +743,6 @@ class Scheduler:
             record.started = record.ended = now
         elif status.terminal and record.ended is None:
             record.ended = now
-        if status.terminal and key in self.leased:
-            self.leased.discard(key)
-            self.store.release_lease(key)
         if logger.isEnabledFor(logging.INFO):
             duration = record.duration
             logger.info(
@@ -770,6 +782,8 @@ class Scheduler:
         else:
             self.record.status = "done"
         self.record.ended = time.time()
+        if self._announced:
+            self.store.retire_run(self.run_id)
         self._flush(force=True)
         if self._progress is not None:
             self._progress.close()

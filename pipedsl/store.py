@@ -241,71 +241,66 @@ class ArtifactStore:
                 # The folder was removed after this store created it.
                 os.makedirs(folder, exist_ok=True)
 
-    # -- leases: one process computes a key at a time (local stores) -------------
+    # -- run announcements: one process computes a key at a time (local) -------
 
-    def lease_path(self, key: str) -> str:
-        return self._path("leases", key.rpartition("-")[2] + ".lease")
+    def _announcement_path(self, run_id: str) -> str:
+        return self._path("active", f"{run_id}.json")
 
-    def acquire_lease(self, key: str, stale_after: float = 24 * 3600.0) -> bool:
-        """Try to become the one process computing ``key``; True on success.
+    def announce_run(self, run_id: str, keys: list[str]) -> float:
+        """Record that ``run_id`` is running and which keys it will compute.
 
-        Only local stores have leases (a file created with ``O_EXCL``); on
-        object stores this always succeeds. A lease whose process is gone,
-        or older than ``stale_after`` seconds, is broken and taken over.
+        One small file per run, on local stores only; other processes read it
+        to wait for those keys instead of computing them a second time.
+        """
+        announced = time.time()
+        if not self.is_local:
+            return announced
+        body = {"pid": os.getpid(), "host": _HOST, "time": announced,
+                "keys": sorted(k.rpartition("-")[2] for k in keys)}  # fmt: skip
+        self._write(self._announcement_path(run_id), json.dumps(body).encode())
+        return announced
+
+    def retire_run(self, run_id: str) -> None:
+        if self.is_local:
+            try:
+                os.unlink(self._announcement_path(run_id))
+            except FileNotFoundError:
+                pass
+
+    def active_runs(
+        self, stale_after: float = 24 * 3600.0
+    ) -> dict[str, tuple[float, set[str]]]:
+        """Return ``{run id: (announce time, key digests)}`` of live announced runs.
+
+        Announcements of processes that are gone (same host, pid not running)
+        or older than ``stale_after`` seconds are removed.
         """
         if not self.is_local:
-            return True
-        path = self.lease_path(key)
-        body = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()})
-        for _ in range(2):
-            folder = os.path.dirname(path)
-            if folder not in self._folders:
-                os.makedirs(folder, exist_ok=True)
-                self._folders.add(folder)
+            return {}
+        folder = self._path("active")
+        try:
+            names = os.listdir(folder)
+        except FileNotFoundError:
+            return {}
+        runs = {}
+        for name in names:
+            if not name.endswith(".json") or name.startswith("."):
+                continue
+            path = os.path.join(folder, name)
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                if not self._lease_is_stale(path, stale_after):
-                    return False
-                logger.warning("breaking the stale lease %s", path)
+                with open(path) as handle:
+                    owner = json.loads(handle.read())
+            except (FileNotFoundError, json.JSONDecodeError):
+                continue
+            if _is_stale(owner, stale_after):
+                logger.warning("removing the announcement of ended run %s", name[:-5])
                 try:
                     os.unlink(path)
                 except FileNotFoundError:
                     pass
                 continue
-            with os.fdopen(fd, "w") as handle:
-                handle.write(body)
-            return True
-        return False
-
-    def _lease_is_stale(self, path: str, stale_after: float) -> bool:
-        try:
-            with open(path) as handle:
-                owner = json.loads(handle.read() or "{}")
-        except (FileNotFoundError, json.JSONDecodeError):
-            # Gone, or being written right now: look again next time.
-            return False
-        if time.time() - float(owner.get("time", 0)) > stale_after:
-            return True
-        if owner.get("host") != socket.gethostname():
-            return False
-        try:
-            os.kill(int(owner.get("pid", 0)), 0)
-        except ProcessLookupError:
-            return True
-        except (PermissionError, ValueError):
-            return False
-        return False
-
-    def release_lease(self, key: str) -> None:
-        if self.is_local:
-            try:
-                os.unlink(self.lease_path(key))
-            except FileNotFoundError:
-                pass
-
-    def lease_held(self, key: str) -> bool:
-        return self.is_local and os.path.exists(self.lease_path(key))
+            runs[name[:-5]] = (float(owner.get("time", 0)), set(owner.get("keys", ())))
+        return runs
 
     def _read(self, path: str) -> bytes:
         if self.is_local:
@@ -753,6 +748,23 @@ def _modified(info: dict[str, Any]) -> float:
         if hasattr(value, "timestamp"):
             return float(value.timestamp())
     return 0.0
+
+
+_HOST = socket.gethostname()
+
+
+def _is_stale(owner: dict[str, Any], stale_after: float) -> bool:
+    if time.time() - float(owner.get("time", 0)) > stale_after:
+        return True
+    if owner.get("host") != _HOST:
+        return False
+    try:
+        os.kill(int(owner.get("pid", 0)), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError, OverflowError):
+        return False
+    return False
 
 
 def _rebuild_store(

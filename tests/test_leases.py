@@ -1,14 +1,16 @@
-"""Two processes on one local store compute a task once."""
+"""Runs in several processes on one local store compute a task once."""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
 
 import pipedsl
+from pipedsl import job, workflow
 
 from conftest import ROOT
 
@@ -44,37 +46,40 @@ def test_two_processes_compute_slow_task_once(tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT)
     command = [sys.executable, str(script), str(tmp_path / "store"), str(markers)]
     first = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
-    time.sleep(0.3)
+    time.sleep(0.5)
     second = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
-    outputs = [json.loads(p.communicate(timeout=60)[0].strip().splitlines()[-1]) for p in (first, second)]
+    outputs = [
+        json.loads(p.communicate(timeout=60)[0].strip().splitlines()[-1])
+        for p in (first, second)
+    ]
     assert [o["value"] for o in outputs] == [41, 41]
     assert len(os.listdir(markers)) == 1
     statuses = sorted(o["statuses"]["slow"] for o in outputs)
     assert statuses == ["cached", "done"]
-    leases = tmp_path / "store" / "leases"
-    assert not leases.exists() or os.listdir(leases) == []
+    active = tmp_path / "store" / "active"
+    assert not active.exists() or os.listdir(active) == []
 
 
-def test_stale_lease_of_dead_process_is_broken(tmp_path):
+def test_announcement_of_dead_process_removed(tmp_path):
     store = pipedsl.ArtifactStore(str(tmp_path / "store"))
-    key = "job-" + "cd" * 16
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True).stdout.strip()  # fmt: skip
-    path = store.lease_path(key)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    import socket
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    folder = tmp_path / "store" / "active"
+    folder.mkdir(parents=True)
+    body = {"pid": int(dead), "host": socket.gethostname(), "time": time.time(), "keys": ["ab"]}
+    (folder / "old-run.json").write_text(json.dumps(body))
+    store.announce_run("new-run", ["job-cd"])
+    runs = store.active_runs()
+    assert set(runs) == {"new-run"}
+    assert runs["new-run"][1] == {"cd"}
+    assert not (folder / "old-run.json").exists()
+    store.retire_run("new-run")
+    assert store.active_runs() == {}
 
-    with open(path, "w") as handle:
-        json.dump({"pid": int(dead), "host": socket.gethostname(), "time": time.time()}, handle)
-    assert store.acquire_lease(key)
-    assert not store.acquire_lease(key)
-    store.release_lease(key)
-    assert not store.lease_held(key)
 
-
-def test_failed_owner_lets_other_run_compute(tmp_path):
-    from pipedsl import job, workflow
-
+def test_run_waits_for_earlier_announcement(tmp_path):
     @job
     def value() -> int:
         return 5
@@ -83,14 +88,15 @@ def test_failed_owner_lets_other_run_compute(tmp_path):
     def pipeline() -> int:
         return value()
 
-    store = pipedsl.ArtifactStore(str(tmp_path / "store"))
-    graph = pipeline.trace()
-    key = next(iter(graph.tasks))
-    # A live process (this one, seen from "another run") holds the lease,
-    # then gives it up without a result.
-    assert store.acquire_lease(key)
-    run = pipeline.submit(store=str(tmp_path / "store"))
-    time.sleep(0.3)
+    root = str(tmp_path / "store")
+    store = pipedsl.ArtifactStore(root)
+    key = next(iter(pipeline.trace().tasks))
+    # A live process (this one, as "another run") announced the key earlier.
+    store.announce_run("earlier-run", [key])
+    run = pipeline.submit(store=root)
+    time.sleep(0.5)
     assert run.status == "running"
-    store.release_lease(key)
+    # That run ends without computing it: this run computes it itself.
+    store.retire_run("earlier-run")
     assert run.result(timeout=10) == 5
+    assert run.tasks[0].status == "done"
