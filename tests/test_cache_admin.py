@@ -18,9 +18,10 @@ DAY = 86400.0
 def admin_store(request, tmp_path):
     cache = str(tmp_path / "download-cache")
     if request.param == "local":
-        return ArtifactStore(str(tmp_path / "admin-store"), download_cache=cache)
+        # Payloads go to objects/ (inline_limit=0): these tests collect them.
+        return ArtifactStore(str(tmp_path / "admin-store"), download_cache=cache, inline_limit=0)
     url, options = request.getfixturevalue("s3_store_url")
-    return ArtifactStore(url, options, download_cache=cache)
+    return ArtifactStore(url, options, download_cache=cache, inline_limit=0)
 
 
 def _age(store: ArtifactStore, job_name: str, key: str, days: float) -> None:

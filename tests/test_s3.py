@@ -93,7 +93,7 @@ def test_every_operation_uses_storage_options(
     s3_store_url, moto_server, hostile_aws_env, tmp_path
 ):
     url, options = s3_store_url
-    store = ArtifactStore(url, options, download_cache=str(tmp_path / "cache"))
+    store = ArtifactStore(url, options, download_cache=str(tmp_path / "cache"), inline_limit=0)
     source = tmp_path / "model.bin"
     source.write_bytes(os.urandom(2**20))
 

@@ -8,6 +8,7 @@ because memory:// lives in one process).
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import pickle
@@ -25,19 +26,74 @@ import pipedsl
 from pipedsl import ArtifactMissing, Directory, File, job, workflow
 from pipedsl.store import ArtifactStore
 
-from conftest import ROOT
+from conftest import ROOT, Calls
 
 
 @pytest.fixture(params=["local", "memory", "s3"])
 def any_store(request, tmp_path):
-    """An empty store on each backend."""
+    """An empty store on each backend.
+
+    Payloads always go to ``objects/`` here (``inline_limit=0``), because
+    these tests damage payload objects; ``test_inline_*`` cover payloads kept
+    inside manifests.
+    """
     cache = str(tmp_path / "download-cache")
     if request.param == "local":
-        return ArtifactStore(str(tmp_path / "shared-store"), download_cache=cache)
+        return ArtifactStore(str(tmp_path / "shared-store"), download_cache=cache, inline_limit=0)
     if request.param == "memory":
-        return ArtifactStore(f"memory://store-{uuid.uuid4().hex}", download_cache=cache)
+        return ArtifactStore(
+            f"memory://store-{uuid.uuid4().hex}", download_cache=cache, inline_limit=0
+        )
     url, options = request.getfixturevalue("s3_store_url")
-    return ArtifactStore(url, options, download_cache=cache)
+    return ArtifactStore(url, options, download_cache=cache, inline_limit=0)
+
+
+@pytest.fixture(params=["local", "memory", "s3"])
+def inline_store(request, tmp_path):
+    """An empty store on each backend, with small payloads inside manifests."""
+    if request.param == "local":
+        return ArtifactStore(str(tmp_path / "inline-store"))
+    if request.param == "memory":
+        return ArtifactStore(f"memory://inline-{uuid.uuid4().hex}")
+    url, options = request.getfixturevalue("s3_store_url")
+    return ArtifactStore(url, options)
+
+
+def test_inline_payload_round_trip(inline_store):
+    manifest = inline_store.save("small", "small-" + "ab" * 16, {"a": [1, 2, 3]})
+    assert "inline" in manifest
+    assert list(inline_store.iter_objects()) == []
+    stored = inline_store.read_manifest("small", manifest["key"])
+    assert inline_store.load(stored) == {"a": [1, 2, 3]}
+    big = inline_store.save("big", "big-" + "cd" * 16, b"x" * 5000)
+    assert "inline" not in big
+    assert inline_store.load(big) == b"x" * 5000
+
+
+def test_inline_payload_corrupt_reruns(inline_store):
+    calls = Calls()
+
+    @job
+    def produce(n: int) -> list:
+        calls.append(n)
+        return list(range(n))
+
+    @job
+    def consume(xs: list, factor: int) -> int:
+        return sum(xs) * factor
+
+    @workflow
+    def pipeline(factor: int) -> int:
+        return consume(produce(4), factor)
+
+    assert pipeline.run(1, store=inline_store).result() == 6
+    manifest = next(inline_store.iter_manifests(produce.name))
+    manifest["inline"] = base64.b64encode(b"[9,9]").decode()
+    path = inline_store.manifest_path(produce.name, manifest["key"])
+    inline_store._write(path, json.dumps(manifest).encode())
+    with pytest.warns(RuntimeWarning, match="unusable"):
+        assert pipeline.run(2, store=inline_store).result() == 12
+    assert len(calls) == 2
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -281,7 +337,7 @@ def test_payload_deleted_by_hand_local(tmp_path):
     markers.mkdir()
     pipeline = _counting_workflow(str(markers))
     store_dir = tmp_path / "by-hand"
-    assert pipeline.run(3, store=str(store_dir)).result() == 768
+    assert pipeline.run(3, store=ArtifactStore(str(store_dir), inline_limit=0)).result() == 768
     for folder, _, names in os.walk(store_dir / "objects"):
         for name in names:
             os.unlink(os.path.join(folder, name))

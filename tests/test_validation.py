@@ -135,7 +135,8 @@ def test_unknown_serializer_in_manifest_reruns():
 def test_rerun_task_record_not_marked_cached():
     @job
     def produce() -> list:
-        return [5]
+        # Large enough to be stored under objects/, not inside the manifest.
+        return [5] * 2000
 
     @workflow
     def pipeline() -> list:
@@ -147,7 +148,7 @@ def test_rerun_task_record_not_marked_cached():
     store.remove_object(manifest["object"])
     with pytest.warns(RuntimeWarning):
         run = pipeline.run()
-    assert run.result() == [5]
+    assert run.result() == [5] * 2000
     record = run.tasks[0]
     assert record.status == "done"
     assert record.cached is False
