@@ -4,9 +4,12 @@ Layout under the store's root URL::
 
     objects/<2 hex>/<digest>        content-addressed payloads (xxh3-128 of the bytes)
     objects/<2 hex>/<digest>.dir    listing of a Directory artifact (JSON)
-    tasks/<job>/<cache key>.json    manifest: serializer, object, size, checksum, producer
+    tasks/<job>/<cache key>.json    manifest: serializer, object, size, checksum,
+                                    producer; payloads of up to ``inline_limit``
+                                    bytes (2 KiB) sit inside it, base64-encoded
     runs/<run id>.json              run records
     runs/<run id>.kill              a request to kill a run, from any process
+    active/<run id>.json            keys a running run will compute (local stores)
 
 Atomicity. A manifest is written last, after its payload and every file
 object it refers to, so an entry exists exactly when its manifest does. Local
