@@ -286,7 +286,7 @@ class ArtifactStore:
     def active_runs(
         self, stale_after: float = 24 * 3600.0
     ) -> dict[str, tuple[float, set[str]]]:
-        """Return ``{run id: (announce time, key digests)}`` of live announced runs.
+        """Return ``{run id: (announce time, key digests)}`` of other processes' runs.
 
         Announcements of processes that are gone (same host, pid not running)
         or older than ``stale_after`` seconds are removed.
@@ -314,6 +314,10 @@ class ArtifactStore:
                     os.unlink(path)
                 except FileNotFoundError:
                     pass
+                continue
+            if owner.get("host") == _HOST and owner.get("pid") == os.getpid():
+                # Runs of this process share tasks through the scheduler's
+                # in-process registry instead; waiting on them could deadlock.
                 continue
             runs[name[:-5]] = (float(owner.get("time", 0)), set(owner.get("keys", ())))
         return runs

@@ -60,23 +60,42 @@ def test_two_processes_compute_slow_task_once(tmp_path):
     assert not active.exists() or os.listdir(active) == []
 
 
-def test_announcement_of_dead_process_removed(tmp_path):
-    store = pipedsl.ArtifactStore(str(tmp_path / "store"))
+def _announce_for(store_root, run_id: str, pid: int, keys: list[str]) -> None:
+    """Write the announcement another process would write for ``run_id``."""
+    folder = os.path.join(store_root, "active")
+    os.makedirs(folder, exist_ok=True)
+    body = {"pid": pid, "host": socket.gethostname(), "time": time.time(),
+            "keys": [k.rpartition("-")[2] for k in keys]}  # fmt: skip
+    with open(os.path.join(folder, f"{run_id}.json"), "w") as handle:
+        json.dump(body, handle)
+
+
+def _sleeper() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+
+def test_announcements_of_live_and_dead_processes(tmp_path):
+    root = str(tmp_path / "store")
+    store = pipedsl.ArtifactStore(root)
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
         capture_output=True, text=True,
     ).stdout.strip()  # fmt: skip
-    folder = tmp_path / "store" / "active"
-    folder.mkdir(parents=True)
-    body = {"pid": int(dead), "host": socket.gethostname(), "time": time.time(), "keys": ["ab"]}
-    (folder / "old-run.json").write_text(json.dumps(body))
-    store.announce_run("new-run", ["job-cd"])
-    runs = store.active_runs()
-    assert set(runs) == {"new-run"}
-    assert runs["new-run"][1] == {"cd"}
-    assert not (folder / "old-run.json").exists()
-    store.retire_run("new-run")
-    assert store.active_runs() == {}
+    live = _sleeper()
+    try:
+        _announce_for(root, "old-run", int(dead), ["job-ab"])
+        _announce_for(root, "other-run", live.pid, ["job-cd"])
+        store.announce_run("own-run", ["job-ef"])
+        runs = store.active_runs()
+        # This process's own runs are left to the in-process registry.
+        assert set(runs) == {"other-run"}
+        assert runs["other-run"][1] == {"cd"}
+        assert not os.path.exists(os.path.join(root, "active", "old-run.json"))
+        store.retire_run("own-run")
+        assert not os.path.exists(os.path.join(root, "active", "own-run.json"))
+    finally:
+        live.kill()
+        live.wait()
 
 
 def test_run_waits_for_earlier_announcement(tmp_path):
@@ -89,14 +108,17 @@ def test_run_waits_for_earlier_announcement(tmp_path):
         return value()
 
     root = str(tmp_path / "store")
-    store = pipedsl.ArtifactStore(root)
     key = next(iter(pipeline.trace().tasks))
-    # A live process (this one, as "another run") announced the key earlier.
-    store.announce_run("earlier-run", [key])
-    run = pipeline.submit(store=root)
-    time.sleep(0.5)
-    assert run.status == "running"
-    # That run ends without computing it: this run computes it itself.
-    store.retire_run("earlier-run")
+    other = _sleeper()
+    try:
+        # Another live process announced the key earlier.
+        _announce_for(root, "earlier-run", other.pid, [key])
+        run = pipeline.submit(store=root)
+        time.sleep(0.5)
+        assert run.status == "running"
+    finally:
+        # That process ends without computing it: this run computes it itself.
+        other.kill()
+        other.wait()
     assert run.result(timeout=10) == 5
     assert run.tasks[0].status == "done"
