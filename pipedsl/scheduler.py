@@ -360,6 +360,10 @@ class Scheduler:
         if key.rpartition("-")[2] in self.claimed:
             # An earlier run in another process announced this key: look for
             # its manifest, with backoff, instead of computing it a second time.
+            # Runs of this process must not wait on this one meanwhile (they
+            # may be the ones the other process's run depends on), so the
+            # in-process claim is given up.
+            INFLIGHT.release(self.store.url, key, None)
             self._set(key, TaskStatus.RUNNING)
             self.external[key] = (time.time() + 0.05, 0.05)
             return
@@ -638,7 +642,6 @@ class Scheduler:
         if self.stopping:
             for key in self.external:
                 self._set(key, TaskStatus.CANCELLED)
-                INFLIGHT.release(self.store.url, key, None)
             self.external.clear()
             return
         now = time.time()
@@ -650,7 +653,6 @@ class Scheduler:
             if manifest is not None:
                 del self.external[key]
                 self.manifests[key] = manifest
-                INFLIGHT.release(self.store.url, key, Outcome(key, ok=True, manifest=manifest))
                 self.hits.add(key)
                 self._set(key, TaskStatus.CACHED)
                 self._finish(key)
@@ -696,7 +698,6 @@ class Scheduler:
         self.shared.clear()
         for key in self.external:
             self._set(key, TaskStatus.CANCELLED)
-            INFLIGHT.release(self.store.url, key, None)
         self.external.clear()
 
     # -- outputs ---------------------------------------------------------------------
