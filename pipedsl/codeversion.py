@@ -140,8 +140,8 @@ def _strip_docstring(body: list[ast.stmt]) -> list[ast.stmt]:
 
 
 # CPython 3.11's ast module can fail with "AST constructor recursion depth
-# mismatch" when threads parse at once, so parsing is serialised; results are
-# memoised per code object (or class), which never changes once created.
+# mismatch" when threads parse at once, so parsing is serialised. Results are
+# memoised per code object (or class), because those never change once created.
 _ast_lock = threading.Lock()
 _source_memo: dict[Any, str | None] = {}
 _class_memo: weakref.WeakKeyDictionary[type, str | None] = weakref.WeakKeyDictionary()
@@ -422,7 +422,7 @@ class _Walker:
         label = f"class {_module_label(cls.__module__)}.{cls.__qualname__}"
         source = _normalised_source(cls)
         if source is None:
-            # A class typed into a REPL: its methods' bytecode stands in.
+            # A class typed into a REPL: its methods' bytecode replaces the source.
             methods = sorted(
                 (attr, _code_digest(member.__code__))
                 for attr, member in cls.__dict__.items()

@@ -500,7 +500,7 @@ def _compute_key(task: Task, versions: dict[int, CodeVersion]) -> None:
                 warnings.warn(f"pipedsl: {reason}", RuntimeWarning, stacklevel=6)
             inputs[name] = "unfingerprintable-" + uuid.uuid4().hex
     # Arguments that are futures, by name, mapped to the upstream job's name, so
-    # an explanation can say "upstream task train changed".
+    # an explanation can report "upstream task train changed".
     upstream = {
         name: value._task.job.name for name, value in arguments.items() if type(value) is Future
     }

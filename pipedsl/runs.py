@@ -251,7 +251,7 @@ def run_graph(graph: Graph, options: dict[str, Any]) -> Run[Any]:
 
 @dataclasses.dataclass
 class Plan:
-    """Which tasks a run would execute and which it would take from the cache."""
+    """A dry run: the tasks a run would execute and those it would take from the cache."""
 
     graph: Graph
     cached: list[str]

@@ -19,8 +19,9 @@ or corrupt, the cached task runs again and its dependents wait for it.
 
 One computation per key: runs in one process share a running task through an
 in-process registry. On a local store, each run also announces the keys it
-will compute (one file per run); a later run waits for the manifests of keys
-an earlier, still running process announced, instead of computing them too.
+will compute, in one file per run. A run of another process that starts later
+waits for the manifests of those keys while the announcing process lives,
+instead of computing them too.
 NOTE: object stores (S3) have no announcements, so two machines may both
 compute a key; both then write the same complete artifact.
 
@@ -59,8 +60,8 @@ __all__ = ["Scheduler"]
 
 logger = logging.getLogger("pipedsl.run")
 
-# Outputs at most this large travel back from out-of-process executors in the
-# outcome; larger ones stay in the store and are loaded where they are needed.
+# Outputs up to this size (bytes) travel back from out-of-process executors in
+# the outcome. Larger ones stay in the store and are loaded where needed.
 INLINE_LIMIT = 1 << 20
 
 
@@ -232,8 +233,8 @@ class Scheduler:
             return
         announced = self.store.announce_run(self.run_id, planned)
         self._announced = True
-        # Only runs announced earlier are waited for (ties broken by run id),
-        # so two runs never wait for each other.
+        # Only runs announced earlier are waited for, with ties broken by run
+        # id. The order is total, so no two runs wait for each other.
         mine = (announced, self.run_id)
         for run_id, (when, digests) in sorted(self.store.active_runs().items()):
             if (when, run_id) < mine:

@@ -1,4 +1,4 @@
-"""What runs on an executor: load inputs, call the job, store the output.
+"""The task runner that executors call: load inputs, call the job, store the output.
 
 :func:`execute` is the only callable executors receive. It reads inputs that
 did not travel inline from the artifact store, calls the function with
@@ -88,7 +88,7 @@ class TaskSpec:
 
 @dataclasses.dataclass
 class Outcome:
-    """What a worker returns to the scheduler."""
+    """The result of one task, returned by a worker to the scheduler."""
 
     key: str
     ok: bool

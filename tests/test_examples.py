@@ -62,8 +62,8 @@ if __name__ == "__main__":
         print(" ".join(str(w.process.pid) for w in executor._workers), flush=True)
         run.result()
     except KeyboardInterrupt:
-        # Ctrl-C may land before result() waits; kill the run the way
-        # result() does, so the test sees the same outcome either way.
+        # Ctrl-C may arrive before result() waits. Kill the run the way
+        # result() does, so the outcome is the same either way.
         if run is not None and not run.done():
             run.kill()
             run.wait(10)
